@@ -1,0 +1,144 @@
+"""The run config: defaults shared by every configs/*.py file, and its validation.
+
+A config file under configs/ starts from ``base_config()``, sets what differs and returns the
+ConfigDict; ml_collections' config_flags loads it, applies ``--config.key=value`` overrides
+(unknown keys and wrong types are refused there) and the entry point calls ``validate`` before
+anything is compiled or written.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import ml_collections
+
+from bertjax import model as model_lib
+from bertjax import sharding
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names it, what was expected and how to fix it."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Defaults for a pre-training run (bert_tiny on the embedded corpus sizes)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.model = ml_collections.ConfigDict()
+    c.model.preset = "tiny"
+    c.model.vocab_size = 30522
+    c.model.max_position_embeddings = 512
+    c.model.type_vocab_size = 2
+    c.model.hidden_dropout = 0.1
+    c.model.attention_dropout = 0.1
+    c.model.hidden_act = "gelu"
+    c.model.dtype = "float32"  # compute dtype; "bfloat16" on accelerators
+    c.model.param_dtype = "float32"
+    c.model.attention_impl = "auto"
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1
+    c.mesh.fsdp = 1
+    c.mesh.tensor = 1
+
+    c.sharding = ml_collections.ConfigDict()
+    c.sharding.rules = tuple(sharding.DEFAULT_RULES)
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.name = "lamb"
+    c.optim.lr = 1e-3
+    c.optim.end_lr = 0.0
+    c.optim.warmup_steps = 100
+    c.optim.power = 1.0
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.eps = 1e-6
+    c.optim.weight_decay = 0.01
+    c.optim.clip_norm = 1.0
+
+    c.global_batch_size = 64
+    c.accum_steps = 1
+    c.max_seq_length = 128
+    c.max_predictions = 20
+    c.total_steps = 1000
+    c.nsp = True  # False: MLM-only (RoBERTa style); the NSP head then gets no loss
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "synthetic"
+
+    c.log_every = 20
+    return c
+
+
+def model_config(config: ml_collections.ConfigDict) -> model_lib.BertConfig:
+    """The frozen model config described by ``config.model``."""
+    m = config.model
+    try:
+        return model_lib.BertConfig.preset(
+            m.preset, vocab_size=m.vocab_size, max_position_embeddings=m.max_position_embeddings,
+            type_vocab_size=m.type_vocab_size, hidden_dropout=m.hidden_dropout,
+            attention_dropout=m.attention_dropout, hidden_act=m.hidden_act, dtype=m.dtype,
+            param_dtype=m.param_dtype, attention_impl=m.attention_impl)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, int, int]:
+    """Checks a run config against itself and the devices; returns the resolved mesh shape.
+
+    Raises:
+      ConfigError: with one line naming the value, what was expected and how to fix it.
+    """
+    mcfg = model_config(config)
+    try:
+        shape = sharding.mesh_shape(config.mesh.data, config.mesh.fsdp, config.mesh.tensor,
+                                    num_devices)
+    except sharding.MeshError as e:
+        raise ConfigError(str(e)) from None
+    data, fsdp, tensor = shape
+    _check(mcfg.num_heads % tensor == 0,
+           f"model heads={mcfg.num_heads} ({config.model.preset}) are not divisible by "
+           f"config.mesh.tensor={tensor}; pick a tensor size that divides the head count")
+    _check(config.max_seq_length <= mcfg.max_position_embeddings,
+           f"config.max_seq_length={config.max_seq_length} exceeds model.max_position_embeddings="
+           f"{mcfg.max_position_embeddings}; lower max_seq_length")
+    _check(config.max_seq_length >= 8,
+           f"config.max_seq_length={config.max_seq_length}; expected at least 8")
+    _check(0 < config.max_predictions <= config.max_seq_length,
+           f"config.max_predictions={config.max_predictions}; expected 1..max_seq_length "
+           f"({config.max_seq_length})")
+    _check(config.accum_steps >= 1, f"config.accum_steps={config.accum_steps}; expected >= 1")
+    _check(config.total_steps >= 1, f"config.total_steps={config.total_steps}; expected >= 1")
+    _check(config.global_batch_size >= 1,
+           f"config.global_batch_size={config.global_batch_size}; expected >= 1")
+    rules = dict(config.sharding.rules)
+    batch_axes = rules.get("act_batch") or ()
+    batch_axes = (batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes)
+    split = math.prod(dict(zip(sharding.MESH_AXES, shape))[a] for a in batch_axes)
+    need = split * config.accum_steps
+    _check(config.global_batch_size % need == 0,
+           f"config.global_batch_size={config.global_batch_size} is not divisible by "
+           f"batch-parallel devices ({split}) × config.accum_steps ({config.accum_steps}) = "
+           f"{need}; use a multiple of {need}")
+    o = config.optim
+    _check(o.name in ("lamb", "adamw"), f"config.optim.name={o.name!r}; expected 'lamb' or 'adamw'")
+    _check(0 < o.lr < 1, f"config.optim.lr={o.lr}; expected 0 < lr < 1")
+    _check(0 <= o.warmup_steps <= config.total_steps,
+           f"config.optim.warmup_steps={o.warmup_steps}; expected 0..total_steps "
+           f"({config.total_steps})")
+    _check(0 <= o.b1 < 1 and 0 <= o.b2 < 1, f"config.optim.b1={o.b1}, b2={o.b2}; expected in [0, 1)")
+    _check(o.weight_decay >= 0, f"config.optim.weight_decay={o.weight_decay}; expected >= 0")
+    return shape
+
+
+def freeze(config: ml_collections.ConfigDict) -> Any:
+    """Locks the config so later code cannot add keys by accident."""
+    config.lock()
+    return config

@@ -1,0 +1,321 @@
+"""BERT in Flax linen: embeddings, post-LN encoder, pooler, tied sparse MLM head, NSP head.
+
+The architecture follows Devlin et al. (2018) and the google-research/bert reference: every
+parameter is created with logical axis names (see bertjax/sharding.py for the mapping to mesh
+axes) and the main activations are constrained by logical names too, so the same module runs
+unsharded on one device or split over a (data, fsdp, tensor) mesh.
+
+Weight axis names:      vocab, embed, mlp, heads, kv, pos, type, norm, classes.
+Activation axis names:  act_batch, act_len, act_embed, act_heads, act_kv, act_mlp.
+
+Tensor shape letters in comments: B batch, L sequence length, D hidden (embed), H heads,
+K head size (kv), F intermediate (mlp), P masked positions per sequence, V vocabulary.
+
+This module never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bertjax import sharding
+
+Array = jax.Array
+
+# name -> (layers, hidden, heads); intermediate size is always 4 x hidden.
+PRESETS: dict[str, tuple[int, int, int]] = {
+    "tiny": (2, 128, 2),
+    "mini": (4, 256, 4),
+    "small": (4, 512, 8),
+    "medium": (8, 512, 8),
+    "base": (12, 768, 12),
+    "large": (24, 1024, 16),
+}
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+_ACTIVATIONS = ("gelu", "gelu_tanh", "relu")
+_ATTENTION_IMPLS = ("auto", "explicit", "xla", "cudnn")
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    """Sizes and numerics of one BERT model (separate from the run config).
+
+    Attributes:
+      hidden_act: "gelu" is the exact erf GELU of the original checkpoints; "gelu_tanh" the
+        tanh approximation some ports use. Imported checkpoints state which one they need.
+      attention_impl: "explicit" computes softmax(QK^T)V with einsums (needed for attention
+        dropout); "xla"/"cudnn" use jax.nn.dot_product_attention; "auto" picks "explicit"
+        when attention dropout is active and "xla" otherwise.
+    """
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    attention_impl: str = "auto"
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"model.hidden_size={self.hidden_size} is not divisible by model.num_heads="
+                f"{self.num_heads}; choose sizes where hidden_size % num_heads == 0")
+        if self.hidden_act not in _ACTIVATIONS:
+            raise ValueError(f"model.hidden_act={self.hidden_act!r}; expected one of {_ACTIVATIONS}")
+        if self.attention_impl not in _ATTENTION_IMPLS:
+            raise ValueError(
+                f"model.attention_impl={self.attention_impl!r}; expected one of {_ATTENTION_IMPLS}")
+        for name in ("dtype", "param_dtype"):
+            if getattr(self, name) not in _DTYPES:
+                raise ValueError(f"model.{name}={getattr(self, name)!r}; expected one of "
+                                 f"{tuple(_DTYPES)}")
+        for name in ("hidden_dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"model.{name}={getattr(self, name)}; expected 0 <= value < 1")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def compute_dtype(self):
+        return _DTYPES[self.dtype]
+
+    @property
+    def weight_dtype(self):
+        return _DTYPES[self.param_dtype]
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "BertConfig":
+        """Returns the named preset (tiny, mini, small, medium, base, large) with overrides."""
+        if name not in PRESETS:
+            raise ValueError(f"model.preset={name!r} is unknown; expected one of {tuple(PRESETS)}")
+        layers, hidden, heads = PRESETS[name]
+        sizes = dict(num_layers=layers, hidden_size=hidden, num_heads=heads,
+                     intermediate_size=4 * hidden)
+        sizes.update(overrides)
+        return cls(**sizes)
+
+
+def _init(cfg: BertConfig, names: tuple[str | None, ...]):
+    return nn.with_logical_partitioning(
+        nn.initializers.truncated_normal(stddev=cfg.initializer_range), names)
+
+
+def _zeros(names):
+    return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+
+
+def _layer_norm(cfg: BertConfig, name: str) -> nn.LayerNorm:
+    return nn.LayerNorm(
+        epsilon=cfg.layer_norm_eps, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+        bias_init=_zeros(("norm",)), name=name)
+
+
+def _dense(cfg: BertConfig, features, kernel_names, bias_names, name, axis=-1):
+    return nn.DenseGeneral(
+        features=features, axis=axis, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+        kernel_init=_init(cfg, kernel_names), bias_init=_zeros(bias_names), name=name)
+
+
+def _activation(cfg: BertConfig, x: Array) -> Array:
+    if cfg.hidden_act == "relu":
+        return nn.relu(x)
+    return nn.gelu(x, approximate=cfg.hidden_act == "gelu_tanh")
+
+
+class Embeddings(nn.Module):
+    """Word + position + token-type embeddings, then LayerNorm and dropout."""
+
+    cfg: BertConfig
+
+    def setup(self):
+        cfg = self.cfg
+        self.word_embeddings = nn.Embed(
+            cfg.vocab_size, cfg.hidden_size, dtype=cfg.compute_dtype,
+            param_dtype=cfg.weight_dtype, embedding_init=_init(cfg, ("vocab", "embed")))
+        self.position_embeddings = nn.Embed(
+            cfg.max_position_embeddings, cfg.hidden_size, dtype=cfg.compute_dtype,
+            param_dtype=cfg.weight_dtype, embedding_init=_init(cfg, ("pos", "embed")))
+        self.token_type_embeddings = nn.Embed(
+            cfg.type_vocab_size, cfg.hidden_size, dtype=cfg.compute_dtype,
+            param_dtype=cfg.weight_dtype, embedding_init=_init(cfg, ("type", "embed")))
+        self.layer_norm = _layer_norm(cfg, "layer_norm")
+        self.dropout = nn.Dropout(cfg.hidden_dropout)
+
+    def __call__(self, input_ids, segment_ids, position_ids, deterministic: bool) -> Array:
+        # Gather whole rows: the table's embed axis is all-gathered first (it may be split over
+        # fsdp) so the lookup needs no resharding of its [B, L, D] result.
+        table = sharding.constrain(self.word_embeddings.embedding, ("vocab", None))  # [V, D]
+        words = jnp.take(table, input_ids, axis=0).astype(self.cfg.compute_dtype)  # [B, L, D]
+        words = sharding.constrain(words, ("act_batch", "act_len", "act_embed"))
+        x = (words + self.position_embeddings(position_ids)
+             + self.token_type_embeddings(segment_ids))  # [B, L, D]
+        x = self.layer_norm(x)
+        x = sharding.constrain(x, ("act_batch", "act_len", "act_embed"))
+        return self.dropout(x, deterministic=deterministic)
+
+    def attend(self, x: Array) -> Array:
+        """Projects hidden states onto the word embeddings (the tied MLM decoder)."""
+        return self.word_embeddings.attend(x)  # [..., V]
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with a key padding mask."""
+
+    cfg: BertConfig
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array, deterministic: bool) -> Array:
+        cfg = self.cfg
+        heads, kv = cfg.num_heads, cfg.head_dim
+        qkv_names = ("act_batch", "act_len", "act_heads", "act_kv")
+
+        def project(name):
+            y = _dense(cfg, (heads, kv), ("embed", "heads", "kv"), ("heads", "kv"), name)(x)
+            return sharding.constrain(y, qkv_names)  # [B, L, H, K]
+
+        q, k, v = project("query"), project("key"), project("value")
+        impl = cfg.attention_impl
+        dropout_active = cfg.attention_dropout > 0.0 and not deterministic
+        if impl == "auto":
+            impl = "explicit" if dropout_active else "xla"
+        if impl == "explicit":
+            scores = jnp.einsum("bqhk,bshk->bhqs", q, k) / math.sqrt(kv)  # [B, H, L, L]
+            key_mask = mask[:, None, None, :].astype(bool)  # [B, 1, 1, L]
+            scores = jnp.where(key_mask, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+            probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
+            probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
+            ctx = jnp.einsum("bhqs,bshk->bqhk", probs, v)  # [B, L, H, K]
+        else:
+            if dropout_active:
+                raise ValueError(
+                    f"model.attention_impl={impl!r} has no attention dropout; set "
+                    "model.attention_dropout=0 or model.attention_impl='explicit'")
+            key_mask = mask[:, None, None, :].astype(bool)  # [B, 1, 1, L]
+            ctx = jax.nn.dot_product_attention(q, k, v, mask=key_mask, implementation=impl)
+        ctx = sharding.constrain(ctx, qkv_names)
+        out = _dense(cfg, cfg.hidden_size, ("heads", "kv", "embed"), ("embed",), "out",
+                     axis=(-2, -1))(ctx)  # [B, L, D]
+        return out
+
+
+class EncoderLayer(nn.Module):
+    """One post-LN transformer layer: x = LN(x + Attn(x)); x = LN(x + MLP(x))."""
+
+    cfg: BertConfig
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array, deterministic: bool) -> Array:
+        cfg = self.cfg
+        act_names = ("act_batch", "act_len", "act_embed")
+        attn = SelfAttention(cfg, name="attention")(x, mask, deterministic)
+        attn = nn.Dropout(cfg.hidden_dropout)(attn, deterministic=deterministic)
+        x = _layer_norm(cfg, "attention_norm")(x + attn)
+        x = sharding.constrain(x, act_names)
+        h = _dense(cfg, cfg.intermediate_size, ("embed", "mlp"), ("mlp",), "intermediate")(x)
+        h = sharding.constrain(_activation(cfg, h), ("act_batch", "act_len", "act_mlp"))
+        h = _dense(cfg, cfg.hidden_size, ("mlp", "embed"), ("embed",), "output")(h)
+        h = nn.Dropout(cfg.hidden_dropout)(h, deterministic=deterministic)
+        x = _layer_norm(cfg, "output_norm")(x + h)
+        return sharding.constrain(x, act_names)  # [B, L, D]
+
+
+class BertModel(nn.Module):
+    """Embeddings, encoder stack and pooler; returns (sequence_output, pooled_output)."""
+
+    cfg: BertConfig
+
+    def setup(self):
+        cfg = self.cfg
+        self.embeddings = Embeddings(cfg)
+        self.layers = [EncoderLayer(cfg, name=f"layer_{i}") for i in range(cfg.num_layers)]
+        self.pooler = _dense(cfg, cfg.hidden_size, ("embed", "embed_out"), ("embed_out",),
+                             "pooler")
+
+    def __call__(self, input_ids: Array, input_mask: Array, segment_ids: Array | None = None,
+                 position_ids: Array | None = None, deterministic: bool = True
+                 ) -> tuple[Array, Array]:
+        """Encodes a batch.
+
+        Args:
+          input_ids: [B, L] token ids.
+          input_mask: [B, L] 1 for real tokens, 0 for padding.
+          segment_ids: [B, L] token-type ids (zeros if None).
+          position_ids: [B, L] positions (0..L-1 if None; packed sequences restart them).
+          deterministic: disables dropout when True.
+
+        Returns:
+          sequence_output [B, L, D] and pooled_output [B, D] (tanh dense on the first token).
+        """
+        if segment_ids is None:
+            segment_ids = jnp.zeros_like(input_ids)
+        if position_ids is None:
+            position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
+        x = self.embeddings(input_ids, segment_ids, position_ids, deterministic)
+        for layer in self.layers:
+            x = layer(x, input_mask, deterministic)
+        pooled = jnp.tanh(self.pooler(x[:, 0]))  # [B, D]
+        return x, pooled
+
+    def attend(self, x: Array) -> Array:
+        return self.embeddings.attend(x)
+
+
+class MlmHead(nn.Module):
+    """Transform (dense + activation + LayerNorm) of the hidden states at masked positions."""
+
+    cfg: BertConfig
+
+    @nn.compact
+    def __call__(self, h: Array) -> Array:
+        cfg = self.cfg
+        h = _dense(cfg, cfg.hidden_size, ("embed", "embed_out"), ("embed_out",), "transform")(h)
+        h = _activation(cfg, h)
+        return _layer_norm(cfg, "transform_norm")(h)
+
+
+class BertForPreTraining(nn.Module):
+    """BERT with the tied MLM head (evaluated only at masked positions) and the NSP head."""
+
+    cfg: BertConfig
+
+    def setup(self):
+        cfg = self.cfg
+        self.bert = BertModel(cfg)
+        self.mlm = MlmHead(cfg)
+        self.mlm_bias = self.param("mlm_bias", _zeros(("vocab",)), (cfg.vocab_size,),
+                                   cfg.weight_dtype)
+        self.nsp = _dense(cfg, 2, ("embed", "classes"), ("classes",), "nsp")
+
+    def __call__(self, input_ids: Array, input_mask: Array, segment_ids: Array,
+                 masked_lm_positions: Array, position_ids: Array | None = None,
+                 deterministic: bool = True) -> tuple[Array, Array]:
+        """Returns (mlm_logits [B, P, V] float32, nsp_logits [B, 2] float32).
+
+        The vocabulary projection runs only on the P gathered masked positions, not on all L:
+        over every position it would be ~20% of BERT-base's FLOPs.
+        """
+        seq, pooled = self.bert(input_ids, input_mask, segment_ids, position_ids, deterministic)
+        picked = jnp.take_along_axis(seq, masked_lm_positions[..., None], axis=1)  # [B, P, D]
+        h = self.mlm(picked)
+        logits = self.bert.attend(h).astype(jnp.float32) + self.mlm_bias.astype(jnp.float32)
+        nsp_logits = self.nsp(pooled).astype(jnp.float32)  # [B, 2]
+        return logits, nsp_logits  # [B, P, V], [B, 2]
