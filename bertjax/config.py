@@ -21,6 +21,35 @@ class ConfigError(ValueError):
     """A config value is invalid; the message names it, what was expected and how to fix it."""
 
 
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+    """Parses a config file's argument string, big_vision style: "phase=2,runlocal".
+
+    A bare name sets a boolean default to True; ``key=value`` is converted to the type of the
+    default. Unknown names are refused, naming the ones that exist.
+    """
+    out = ml_collections.ConfigDict(dict(defaults))
+    for item in filter(None, (arg or "").split(",")):
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if key not in defaults:
+            raise ConfigError(f"config argument {key!r} is unknown; this config takes "
+                              f"{sorted(defaults)} (e.g. configs/bert_base.py:phase=2)")
+        default = defaults[key]
+        if not _:
+            if not isinstance(default, bool):
+                raise ConfigError(f"config argument {key!r} needs a value, e.g. {key}={default}")
+            out[key] = True
+        elif isinstance(default, bool):
+            out[key] = value.lower() in ("1", "true", "yes")
+        else:
+            try:
+                out[key] = type(default)(value)
+            except ValueError:
+                raise ConfigError(f"config argument {key}={value!r}; expected a "
+                                  f"{type(default).__name__}") from None
+    return out
+
+
 def base_config() -> ml_collections.ConfigDict:
     """Defaults for a pre-training run (bert_tiny on the embedded corpus sizes)."""
     c = ml_collections.ConfigDict()

@@ -36,7 +36,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("act_mlp", "tensor"),
     ("vocab", "tensor"),
     ("embed", "fsdp"),
-    ("embed_out", None),
+    ("embed_out", "tensor"),
     ("mlp", "tensor"),
     ("heads", "tensor"),
     ("kv", None),

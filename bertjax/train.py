@@ -207,14 +207,18 @@ def jit_eval_step(fns: StepFns, batch_like: dict) -> Callable:
                    out_shardings=repl)
 
 
-def build(config: Any, mesh: Mesh) -> tuple[TrainState, StepFns]:
-    """Model, optimizer and sharded train state from a validated run config."""
+def build_model(config: Any) -> nn.Module:
+    """The pre-training model described by ``config.model``."""
     from bertjax import config as config_lib  # local: config imports model
     from bertjax import model as model_lib
+    return model_lib.BertForPreTraining(config_lib.model_config(config))
+
+
+def build(config: Any, mesh: Mesh) -> tuple[TrainState, StepFns]:
+    """Model, optimizer and sharded train state from a validated run config."""
     from bertjax import optim
 
-    mcfg = config_lib.model_config(config)
-    model = model_lib.BertForPreTraining(mcfg)
+    model = build_model(config)
     tx, schedule = optim.make_optimizer(config)
     rules = tuple(tuple(r) for r in config.sharding.rules)
     state, shardings = create_train_state(model, tx, mesh, rules, config.seed)

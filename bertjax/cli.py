@@ -1,0 +1,77 @@
+"""Shared command-line plumbing: flag parsing that turns every config mistake into one line.
+
+absl's default parser lets a misspelled ``--config.key`` escape as a traceback; ``parse_flags``
+catches it and prints ``error: ...`` naming the flag, what was expected and how to fix it.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+
+from absl import flags
+
+
+def _config_flag(argv: list[str], message: str) -> str:
+    """The --config.* argument a config_dict error is about (best effort)."""
+    m = re.search(r"'([A-Za-z_0-9]+)'", message)
+    key = m.group(1) if m else ""
+    for arg in argv[1:]:
+        name = arg.split("=", 1)[0]
+        if name.startswith("--config.") and name.split(".")[-1] == key:
+            return name
+    return "--config.?"
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Prints one line to stderr and exits non-zero."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flags_parser: like the default, with one-line errors for bad config overrides."""
+    return _guard(lambda: flags.FLAGS(argv), argv)
+
+
+def define_config(default: str, name: str = "config", **kwargs):
+    """config_flags.DEFINE_config_file, whose overrides are parsed at definition time: a bad
+    override is reported in one line instead of a traceback at import."""
+    from ml_collections import config_flags
+    return _guard(lambda: config_flags.DEFINE_config_file(name, default, **kwargs), sys.argv)
+
+
+def _guard(fn, argv: list[str]):
+    try:
+        return fn()
+    except flags.Error as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        text = lines[0] if len(lines) == 1 else f"{lines[0].split(':')[0]}: {lines[-1]}"
+        fail(f"{text}; run with --helpfull to list flags")
+    except AttributeError as e:  # config_dict: unknown key
+        msg = str(e).strip("'\"").replace("\\'", "'").replace("\\n", " ")
+        hint = re.search(r'Did you mean "([^"]+)"', msg)
+        flag = _config_flag(argv, msg)
+        fix = f"did you mean {flag.rsplit('.', 1)[0]}.{hint.group(1)}?" if hint else (
+            "print the config with --config=... --helpfull to see the keys")
+        fail(f"{flag}: no such config key; {fix}")
+    except (ValueError, TypeError, KeyError) as e:
+        fail(f"bad config: {e}")
+
+
+def config_value(holder) -> object:
+    """The loaded config of a config flag; a missing or broken config file is one line."""
+    try:
+        value = holder.value
+        value.get("seed")  # config files load lazily: force it here
+        return value
+    except OSError as e:
+        try:
+            from ml_collections import config_flags
+            path = config_flags.get_config_filename(flags.FLAGS[holder.name])
+        except Exception:
+            path = "?"
+        fail(f"--config={path}: cannot load that config file ({type(e).__name__}); check the "
+             "path and that it defines get_config (e.g. --config=configs/bert_tiny.py)")
+    except (AttributeError, KeyError, ValueError, TypeError) as e:
+        fail(f"--config: {e}")

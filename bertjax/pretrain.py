@@ -1,0 +1,37 @@
+"""Pre-train BERT: ``python -m bertjax.pretrain --config=configs/bert_tiny.py --workdir=...``.
+
+Kept short on purpose: flags, then the library (bertjax/loop.py) does the work.
+"""
+
+import os
+
+from absl import app, flags, logging
+
+from bertjax import cli
+from bertjax import config as config_lib
+
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "bert_tiny.py")
+_CONFIG = cli.define_config(os.path.normpath(_DEFAULT_CONFIG),
+                            help_string="Run config file (configs/*.py[:args]).",
+                            lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", "runs/bert_tiny", "Where checkpoints and logs go.")
+_DEBUG = flags.DEFINE_bool("debug", False, "Show full tracebacks for configuration errors.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}; use --config.key=value")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from bertjax import loop  # after flag parsing: jax starts here
+
+    try:
+        loop.run(cli.config_value(_CONFIG), _WORKDIR.value)
+    except config_lib.ConfigError as e:
+        if _DEBUG.value:
+            raise
+        cli.fail(str(e))
+
+
+if __name__ == "__main__":
+    logging.set_verbosity(logging.INFO)
+    app.run(main, flags_parser=cli.parse_flags)

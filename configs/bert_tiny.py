@@ -1,0 +1,22 @@
+"""bert_tiny: 2 layers, 128 hidden, 2 heads — the embedded default, runs in minutes on a laptop.
+
+Usage: --config=configs/bert_tiny.py[:runlocal] [--config.key=value ...]
+"""
+
+from bertjax.config import base_config, parse_arg
+
+
+def get_config(arg: str | None = None):
+    args = parse_arg(arg, runlocal=False)
+    c = base_config()
+    c.model.preset = "tiny"
+    c.global_batch_size = 64
+    c.max_seq_length = 128
+    c.max_predictions = 20
+    c.total_steps = 2000
+    c.optim.lr = 5e-3
+    c.optim.warmup_steps = 100
+    if args.runlocal:
+        c.total_steps = 50
+        c.global_batch_size = 16
+    return c
