@@ -49,7 +49,7 @@ def test_state_is_born_sharded_and_large_kernels_are_split():
             # split over fsdp and tensor: each device holds at most a quarter
             assert np.prod(shard) * 4 <= x.size, (name, x.shape, shard)
     # optimizer moments follow the parameters' sharding; step counts are replicated
-    mu = state.opt_state[1][0].mu
+    mu = state.opt_state[1].mu  # (clip, adam, decay, trust ratio, schedule)
     kernel = mu["bert"]["layer_0"]["intermediate"]["kernel"]
     assert kernel.sharding.spec == P("fsdp", "tensor")
     assert state.step.sharding.spec == P()
