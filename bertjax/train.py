@@ -163,7 +163,7 @@ def train_step(state: TrainState, batch: Batch, fns: StepFns) -> tuple[TrainStat
         "mlm_accuracy": mlm["correct"] / mlm_denom,
         "nsp_loss": nsp["loss_sum"] / nsp_denom,
         "nsp_accuracy": nsp["correct"] / nsp_denom,
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": optax.tree.norm(grads),
         "learning_rate": fns.schedule(state.step),
         "mlm_count": mlm["count"],
     }

@@ -19,4 +19,5 @@ def get_config(arg: str | None = None):
     if args.runlocal:
         c.total_steps = 50
         c.global_batch_size = 16
+        c.optim.warmup_steps = 10
     return c

@@ -1,0 +1,139 @@
+"""The train step: sharded == unsharded, accumulation == big batch, LAMB exclusions, one compile."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from bertjax import config as config_lib
+from bertjax import multihost
+from bertjax import optim
+from bertjax import sharding
+from bertjax import synthetic
+from bertjax import train
+
+
+def _config(**overrides):
+    c = config_lib.base_config()
+    c.model.vocab_size = 512
+    c.max_seq_length = 32
+    c.max_predictions = 5
+    c.global_batch_size = 16
+    c.total_steps = 10
+    c.optim.warmup_steps = 2
+    for key, value in overrides.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
+def _batches(c, n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [synthetic.batch(rng, c.global_batch_size, c.max_seq_length, c.max_predictions,
+                            c.model.vocab_size, alphabet=50) for _ in range(n)]
+
+
+def _run(c, mesh, batches):
+    state, fns = train.build(c, mesh)
+    step = train.jit_train_step(fns, batches[0])
+    shardings = train.batch_shardings(fns, batches[0])
+    losses = []
+    for b in batches:
+        state, m = step(state, multihost.global_batch(b, shardings))
+        losses.append(float(m["loss"]))
+    return state, losses, step
+
+
+def _close(a, b, rtol):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=rtol * 1e-2)
+
+
+def test_sharded_equals_unsharded():
+    """5 steps (dropout on) on a 2x2x2 mesh and on one device: same losses and parameters."""
+    c = _config()
+    batches = _batches(c, 5)
+    s8, l8, _ = _run(c, sharding.make_mesh(2, 2, 2), batches)
+    s1, l1, _ = _run(c, sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1]), batches)
+    assert l8[-1] < l8[0]  # it trains
+    np.testing.assert_allclose(l8, l1, rtol=1e-5)
+    _close(s8.params, s1.params, 1e-5)
+
+
+def test_accumulation_equals_one_big_batch():
+    """k micro-batches give the update of one step on the concatenated batch (dropout off:
+    micro-batches fold their own dropout keys)."""
+    c1 = _config(**{"model.hidden_dropout": 0.0, "model.attention_dropout": 0.0})
+    c4 = _config(**{"model.hidden_dropout": 0.0, "model.attention_dropout": 0.0,
+                    "accum_steps": 4})
+    batches = _batches(c1, 3)
+    mesh = sharding.make_mesh(4, 2, 1)
+    s1, l1, _ = _run(c1, mesh, batches)
+    s4, l4, _ = _run(c4, mesh, batches)
+    np.testing.assert_allclose(l4, l1, rtol=1e-5)
+    _close(s4.params, s1.params, 1e-5)
+
+
+def test_step_compiles_once_over_many_steps():
+    c = _config()
+    _, _, step = _run(c, sharding.make_mesh(8, 1, 1), _batches(c, 6))
+    assert step._cache_size() == 1
+
+
+def _adam_direction(g, b1=0.9, b2=0.999, eps=1e-6):
+    m = (1 - b1) * g / (1 - b1)  # one step: bias-corrected moments are g and g^2
+    v = (1 - b2) * g * g / (1 - b2)
+    return m / (np.sqrt(v) + eps)
+
+
+def test_lamb_excludes_biases_and_layernorm_from_decay_and_trust_ratio():
+    c = _config(**{"optim.clip_norm": 0.0, "optim.warmup_steps": 0, "optim.lr": 0.1,
+                   "optim.weight_decay": 0.5})
+    tx, _ = optim.make_optimizer(c)
+    rng = np.random.default_rng(0)
+    params = {"dense": {"kernel": rng.normal(size=(4, 3)).astype(np.float32),
+                        "bias": rng.normal(size=(3,)).astype(np.float32)},
+              "output_norm": {"scale": rng.normal(size=(3,)).astype(np.float32)}}
+    grads = jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    lr = 0.1  # step 0 of a schedule without warmup
+    for path in [("dense", "bias"), ("output_norm", "scale")]:
+        got = np.asarray(updates[path[0]][path[1]])
+        want = -lr * _adam_direction(grads[path[0]][path[1]])  # no decay, trust ratio 1
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+    w, g = params["dense"]["kernel"], grads["dense"]["kernel"]
+    u = _adam_direction(g) + 0.5 * w
+    want = -lr * np.linalg.norm(w) / np.linalg.norm(u) * u
+    np.testing.assert_allclose(np.asarray(updates["dense"]["kernel"]), want, rtol=1e-4)  # f32
+    assert optim.decay_mask(params) == {"dense": {"kernel": True, "bias": False},
+                                        "output_norm": {"scale": False}}
+
+
+def test_schedule_warms_up_then_decays_polynomially():
+    sched = optim.learning_rate_schedule(1.0, total_steps=110, warmup_steps=10, power=1.0)
+    assert float(sched(0)) == 0.0
+    assert float(sched(5)) == pytest.approx(0.5)
+    assert float(sched(10)) == pytest.approx(1.0)
+    assert float(sched(60)) == pytest.approx(0.5)
+    assert float(sched(110)) == pytest.approx(0.0)
+    half = optim.learning_rate_schedule(1.0, total_steps=110, warmup_steps=10, power=0.5)
+    assert float(half(60)) == pytest.approx(0.5 ** 0.5)
+
+
+def test_loss_only_counts_masked_positions():
+    """Changing the label of a zero-weight prediction slot leaves loss and gradient alone."""
+    c = _config(**{"model.hidden_dropout": 0.0, "model.attention_dropout": 0.0})
+    mesh = sharding.make_mesh(8, 1, 1)
+    b = _batches(c, 1)[0]
+    b2 = {k: v.copy() for k, v in b.items()}
+    empty = b2["masked_lm_weights"] == 0
+    assert empty.any()
+    b2["masked_lm_ids"][empty] = 7
+    b2["masked_lm_positions"][empty] = 3
+    _, l1, _ = _run(c, mesh, [b])
+    _, l2, _ = _run(c, mesh, [b2])
+    assert l1 == l2
