@@ -13,9 +13,9 @@ def get_config(arg: str | None = None):
     c.global_batch_size = 64
     c.max_seq_length = 128
     c.max_predictions = 20
-    c.total_steps = 2000
+    c.total_steps = 300
     c.optim.lr = 5e-3
-    c.optim.warmup_steps = 100
+    c.optim.warmup_steps = 30
     if args.runlocal:
         c.total_steps = 50
         c.global_batch_size = 16
