@@ -1,0 +1,198 @@
+"""TensorFlow graph code that turns tokenized documents into pre-training sequences.
+
+Two ways, both emitting ragged token sequences that already hold [CLS]/[SEP]:
+
+* `nsp_instances`: google-research/bert's create_instances_from_document. Consecutive sentences
+  are gathered until a target length; segment A is a random prefix of that chunk; B is the true
+  continuation (label 0, IsNext) or, with probability 1/2, sentences from another document
+  (label 1, the chunk's unused sentences are put back). The pair is truncated from random ends of
+  the longer segment to fit. Two deliberate differences: the short target length (short_seq_prob)
+  is drawn per instance, not per document, so long documents do not make all their instances short;
+  and a one-sentence chunk that should get a true continuation takes the next sentence as B (or,
+  at the end of the document, the previous one as A) instead of being forced random, which keeps
+  the IsNext rate at 50% (only one-sentence documents are always random).
+* `packed_sequences`: RoBERTa's FULL-SENTENCES, for MLM-only training: whole sentences packed
+  greedily up to the length, crossing document boundaries with an extra [SEP] between documents.
+
+Every segment is a contiguous token range, so the loop only moves integer boundaries (one
+iteration per output sequence) and token gathering happens once, vectorised, at the end. All
+randomness is stateless, seeded from the element's position in the stream, so the output is a pure
+function of (seed, position) and an iterator checkpoint restores it exactly.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from bertjax.data.tokenizer import CLS_ID, SEP_ID
+
+
+def split_long_sentences(lengths: tf.Tensor, max_len: int) -> tf.Tensor:
+    """Sentence lengths with every sentence longer than `max_len` cut into pieces of at most it.
+
+    Tokens are unchanged (still contiguous); long sentences are split instead of truncated later,
+    so no text is thrown away.
+
+    Args:
+      lengths: int32 [S], positive.
+      max_len: the longest allowed piece.
+
+    Returns:
+      int32 [S'] with the same sum.
+    """
+    pieces = (lengths + max_len - 1) // max_len  # [S]
+    j = tf.ragged.range(pieces).flat_values  # piece index within its sentence, [S']
+    owner = tf.repeat(lengths, pieces)  # [S']
+    return tf.minimum(max_len, owner - j * max_len)
+
+
+def _prefix(lengths: tf.Tensor) -> tf.Tensor:
+    """[0, l0, l0+l1, ...]: sentence boundaries as token offsets, int32 [S+1]."""
+    return tf.concat([[0], tf.cumsum(lengths)], axis=0)
+
+
+def _ranges_to_ragged(tokens: tf.Tensor, lo: tf.Tensor, hi: tf.Tensor) -> tf.RaggedTensor:
+    """tokens[lo[k]:hi[k]] for every k, as a ragged [K, None]."""
+    return tf.gather(tokens, tf.ragged.range(lo, hi))
+
+
+def _truncate(la: tf.Tensor, lb: tf.Tensor, max_tokens: int, seed: tf.Tensor):
+    """Tokens to cut from the front/back of A and B, as the original's truncate_seq_pair would.
+
+    The original removes one token at a time from the longer segment (B on ties), from the front
+    or back at random. The counts per segment follow in closed form; the front/back split of each
+    count is Binomial(count, 1/2).
+
+    Returns:
+      (a_front, a_back, b_front, b_back), int32 [K] each.
+    """
+    excess = tf.maximum(0, la + lb - max_tokens)
+    first = tf.minimum(excess, tf.abs(la - lb))  # from the longer one until they are equal
+    rest = excess - first  # then alternately, B first
+    ra = tf.where(la > lb, first, 0) + rest // 2
+    rb = tf.where(la > lb, 0, first) + rest - rest // 2
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    fa = tf.random.stateless_binomial(tf.shape(ra), seeds[0], tf.cast(ra, tf.float32), 0.5,
+                                      output_dtype=tf.int32)
+    fb = tf.random.stateless_binomial(tf.shape(rb), seeds[1], tf.cast(rb, tf.float32), 0.5,
+                                      output_dtype=tf.int32)
+    return fa, ra - fa, fb, rb - fb
+
+
+def nsp_instances(tokens: tf.Tensor, lengths: tf.Tensor, other_tokens: tf.Tensor,
+                  other_lengths: tf.Tensor, seed: tf.Tensor, seq_len: int,
+                  short_seq_prob: float = 0.1) -> dict[str, tf.Tensor]:
+    """NSP pairs from one document, with random-next segments from `other`.
+
+    Args:
+      tokens: int32 [T], the document's tokens; lengths: int32 [S] its sentence lengths (> 0).
+      other_tokens, other_lengths: the same for a different document (source of random B).
+      seed: int64 [2], stateless seed of this document.
+      seq_len: output length including [CLS] and two [SEP].
+      short_seq_prob: probability of a random shorter target length.
+
+    Returns:
+      tokens: ragged int32 [K, None] "[CLS] A [SEP] B [SEP]"; seg_a: int32 [K] length of
+      "[CLS] A [SEP]"; label: int32 [K], 0 = IsNext, 1 = random.
+    """
+    max_tokens = seq_len - 3
+    lengths = split_long_sentences(lengths, max_tokens)
+    other_lengths = split_long_sentences(other_lengths, max_tokens)
+    pre, pre2 = _prefix(lengths), _prefix(other_lengths)  # [S+1], [S2+1]
+    n, n2 = tf.size(lengths), tf.size(other_lengths)
+    offset2 = tf.size(tokens)  # B ranges index into concat([tokens, other_tokens])
+
+    def body(c, k, arrays):
+        u = tf.random.stateless_uniform([5], tf.random.experimental.stateless_fold_in(seed, k))
+        short = 2 + tf.cast(u[1] * tf.cast(max_tokens - 1, tf.float32), tf.int32)
+        target = tf.where(u[0] < short_seq_prob, tf.minimum(short, max_tokens), max_tokens)
+        # The chunk [c, i] ends at the first sentence that reaches the target (or the document end).
+        q = tf.searchsorted(pre, [pre[c] + target], side="left")[0]
+        i = tf.clip_by_value(q - 1, c, n - 1)
+        n_seg = i - c + 1
+        a_end = c + 1 + tf.cast(u[2] * tf.cast(n_seg - 1, tf.float32), tf.int32)  # in [c+1, i]
+        a_end = tf.minimum(a_end, tf.maximum(i, c + 1))
+        last = i + 1 >= n
+        is_random = (u[3] < 0.5) | (n == 1)  # a one-sentence document has no continuation
+        # A one-sentence chunk that gets a true continuation takes the next sentence as B, or at
+        # the end of the document becomes B itself after the previous sentence as A.
+        extend = (n_seg == 1) & ~last
+        back = (n_seg == 1) & last & ~is_random
+        a_start = tf.where(back, c - 1, c)
+        a_end = tf.where(back, c, a_end)
+        b_start = tf.where(extend, tf.minimum(i + 1, n), tf.where(back, c, a_end))
+        b_end = tf.where(extend, tf.minimum(i + 2, n), i + 1)
+        # Random B: sentences of `other` from a random start until B's target is reached.
+        target_b = target - (pre[a_end] - pre[a_start])
+        r = tf.minimum(tf.cast(u[4] * tf.cast(n2, tf.float32), tf.int32), n2 - 1)
+        r_end = tf.searchsorted(pre2, [pre2[r] + target_b], side="left")[0]
+        r_end = tf.clip_by_value(r_end, r + 1, n2)
+        row = tf.stack([pre[a_start], pre[a_end],
+                        tf.where(is_random, offset2 + pre2[r], pre[b_start]),
+                        tf.where(is_random, offset2 + pre2[r_end], pre[b_end]),
+                        tf.cast(is_random, tf.int32)])
+        next_c = tf.where(is_random, a_end, b_end)  # random B puts the unused sentences back
+        return next_c, k + 1, arrays.write(k, row)
+
+    _, _, arrays = tf.while_loop(
+        lambda c, k, arrays: c < n, body,
+        (tf.constant(0), tf.constant(0), tf.TensorArray(tf.int32, size=0, dynamic_size=True,
+                                                        element_shape=[5])))
+    rows = tf.reshape(arrays.stack(), [-1, 5])  # [K, 5]: a_lo, a_hi, b_lo, b_hi, label
+    a_lo, a_hi, b_lo, b_hi, label = tf.unstack(rows, axis=1)
+    af, ab, bf, bb = _truncate(a_hi - a_lo, b_hi - b_lo, max_tokens,
+                               tf.random.experimental.stateless_fold_in(seed, 1 << 30))
+    both = tf.concat([tokens, other_tokens], axis=0)
+    a = _ranges_to_ragged(both, a_lo + af, a_hi - ab)
+    b = _ranges_to_ragged(both, b_lo + bf, b_hi - bb)
+    k = tf.shape(rows)[0]
+    cls = tf.RaggedTensor.from_tensor(tf.fill([k, 1], CLS_ID))
+    sep = tf.RaggedTensor.from_tensor(tf.fill([k, 1], SEP_ID))
+    return {"tokens": tf.concat([cls, a, sep, b, sep], axis=1),
+            "seg_a": tf.cast(a.row_lengths(), tf.int32) + 2, "label": label}
+
+
+def packed_sequences(tokens: tf.RaggedTensor, lengths: tf.RaggedTensor,
+                     seq_len: int) -> dict[str, tf.Tensor]:
+    """Whole sentences of a batch of documents packed greedily into "[CLS] ... [SEP]" sequences.
+
+    Args:
+      tokens: ragged int32 [D, None], the documents' tokens in stream order.
+      lengths: ragged int32 [D, None], their sentence lengths.
+      seq_len: output length including [CLS] and [SEP].
+
+    Returns:
+      tokens: ragged int32 [K, None]; seg_a: int32 [K] (the whole length: one segment);
+      label: int32 [K] zeros.
+    """
+    max_tokens = seq_len - 2
+    # An extra [SEP] ends every document but the last, counted with its last sentence.
+    d = tokens.nrows(out_type=tf.int32)
+    not_last = tf.range(d) < d - 1
+    sep = tf.ragged.boolean_mask(tf.fill([d, 1], SEP_ID), tf.expand_dims(not_last, 1))
+    sep = sep.with_row_splits_dtype(tokens.row_splits.dtype)
+    flat = tf.concat([tokens, sep], axis=1).flat_values
+    doc_len = tf.cast(lengths.row_lengths(), tf.int32)
+    last_idx = tf.cumsum(doc_len) - 1  # index of each document's last sentence
+    bump = tf.scatter_nd(tf.expand_dims(last_idx, 1), tf.cast(not_last, tf.int32),
+                         tf.shape(lengths.flat_values))
+    sent = split_long_sentences(lengths.flat_values + bump, max_tokens)
+    pre, n = _prefix(sent), tf.size(sent)
+
+    def body(c, k, arrays):
+        q = tf.searchsorted(pre, [pre[c] + max_tokens], side="right")[0] - 1  # last boundary that fits
+        q = tf.maximum(q, c + 1)
+        return q, k + 1, arrays.write(k, tf.stack([pre[c], pre[q]]))
+
+    _, _, arrays = tf.while_loop(
+        lambda c, k, arrays: c < n, body,
+        (tf.constant(0), tf.constant(0), tf.TensorArray(tf.int32, size=0, dynamic_size=True,
+                                                        element_shape=[2])))
+    rows = tf.reshape(arrays.stack(), [-1, 2])
+    body_tokens = _ranges_to_ragged(flat, rows[:, 0], rows[:, 1])
+    k = tf.shape(rows)[0]
+    cls = tf.RaggedTensor.from_tensor(tf.fill([k, 1], CLS_ID))
+    end = tf.RaggedTensor.from_tensor(tf.fill([k, 1], SEP_ID))
+    seq = tf.concat([cls, body_tokens, end], axis=1)
+    return {"tokens": seq, "seg_a": tf.cast(seq.row_lengths(), tf.int32),
+            "label": tf.zeros([k], tf.int32)}

@@ -1,0 +1,74 @@
+"""Prepare pre-training data: `python -m bertjax.prepare --input GLOB|embedded|tfds:NAME --output DIR`.
+
+Kept short on purpose: flags in, `bertjax.data.prepare.prepare` does the work. A bad input stops
+with one line on stderr and exit status 2 (the traceback only with --debug). Rerunning the same
+command resumes: complete shards are skipped; metadata.json appears when everything is done.
+Several machines can share the work: the same command with --worker_index i --num_workers n
+(train the tokenizer first with --tokenizer_only when there is more than one worker).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags
+
+from bertjax.data import prepare as prepare_lib
+from bertjax.data.errors import DataError
+
+_INPUT = flags.DEFINE_string("input", None, "Glob(s) of corpus-format text files (comma-separated), "
+                             "'embedded' (Python stdlib docstrings), or tfds:NAME[:SPLIT].")
+_OUTPUT = flags.DEFINE_string("output", None, "Output directory.")
+_VOCAB = flags.DEFINE_integer("vocab_size", 30522, "Pieces of the tokenizer to train (specials included).")
+_TOKENIZER = flags.DEFINE_string("tokenizer", None, "Use this sentencepiece .model instead of training.")
+_TOK_TYPE = flags.DEFINE_enum("tokenizer_type", "unigram", ["unigram", "bpe"], "SentencePiece model type.")
+_SHARDS = flags.DEFINE_integer("num_shards", None, "Output shards (default: a power of two >= 8, "
+                               "~32 MB of text each); use at least the largest host count.")
+_EVAL = flags.DEFINE_float("eval_fraction", 0.02, "Fraction of documents held out for evaluation.")
+_WORKER = flags.DEFINE_integer("worker_index", 0, "This worker's index.")
+_WORKERS = flags.DEFINE_integer("num_workers", 1, "Workers sharing the preparation.")
+_PROCS = flags.DEFINE_integer("processes", None, "Processes on this machine (default: all cores).")
+_TFDS_DIR = flags.DEFINE_string("tfds_data_dir", None, "TFDS data dir (never downloaded into).")
+_TFDS_KEY = flags.DEFINE_string("tfds_text_key", "text", "Text feature of the TFDS dataset.")
+_TOK_ONLY = flags.DEFINE_bool("tokenizer_only", False, "Only train and save the tokenizer.")
+_MAX_DOCS = flags.DEFINE_integer("max_documents", None, "embedded: keep the first N documents.")
+_VERIFY = flags.DEFINE_bool("verify", False, "Check the sha256 and records of a prepared --output.")
+_DEBUG = flags.DEFINE_bool("debug", False, "Show tracebacks for input errors.")
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""  # TensorFlow here never needs an accelerator
+    try:
+        if not _OUTPUT.value:
+            raise DataError("--output is required (expected the directory to write shards to)")
+        if _VERIFY.value:
+            n = prepare_lib.verify(_OUTPUT.value)
+            print(f"{_OUTPUT.value}: {n} documents, all checksums and records OK")
+            return
+        if not _INPUT.value:
+            raise DataError("--input is required (expected a glob of text files, 'embedded' or "
+                            "tfds:NAME)")
+        meta = prepare_lib.prepare(prepare_lib.PrepareConfig(
+            input=_INPUT.value, output=_OUTPUT.value, vocab_size=_VOCAB.value,
+            tokenizer=_TOKENIZER.value, tokenizer_type=_TOK_TYPE.value, num_shards=_SHARDS.value,
+            eval_fraction=_EVAL.value, worker_index=_WORKER.value, num_workers=_WORKERS.value,
+            processes=_PROCS.value, tfds_data_dir=_TFDS_DIR.value, tfds_text_key=_TFDS_KEY.value,
+            tokenizer_only=_TOK_ONLY.value, max_documents=_MAX_DOCS.value))
+    except DataError as e:
+        if _DEBUG.value:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    if meta is None:
+        print("this worker is done; metadata.json is written when every worker has finished")
+        return
+    train, ev = meta["splits"]["train"], meta["splits"]["eval"]
+    print(f"{_OUTPUT.value}: {meta['num_shards']} shards, vocab {meta['vocab_size']}; train "
+          f"{train['documents']} documents / {train['tokens']} tokens, eval {ev['documents']} "
+          f"documents / {ev['tokens']} tokens")
+
+
+if __name__ == "__main__":
+    app.run(main)
