@@ -95,9 +95,23 @@ def base_config() -> ml_collections.ConfigDict:
     c.nsp = True  # False: MLM-only (RoBERTa style); the NSP head then gets no loss
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "synthetic"
+    c.data.source = "embedded"  # embedded | prepared | bert_tfrecords | synthetic
+    c.data.path = ""  # prepared dir or TFRecord glob; embedded: cache dir (default ~/.cache)
+    c.data.mask_rate = 0.15
+    c.data.whole_word = False
+    c.data.short_seq_prob = 0.1
+    c.data.shuffle_buffer = 2048
+    c.data.max_documents = 0  # embedded only: keep the first N documents (tests, demos)
 
+    c.init_from = ""  # a bertjax workdir or checkpoint step dir: parameters only
+    c.eval_every = 200
+    c.eval_batch_size = 64
+    c.checkpoint_every = 200
+    c.keep_checkpoints = 3
+    c.keep_period = 0  # also keep every step divisible by this (0: none)
+    c.async_checkpoints = True
     c.log_every = 20
+    c.progress_bar = True
     return c
 
 
@@ -156,6 +170,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, 
            f"config.global_batch_size={config.global_batch_size} is not divisible by "
            f"batch-parallel devices ({split}) × config.accum_steps ({config.accum_steps}) = "
            f"{need}; use a multiple of {need}")
+    _check(config.eval_batch_size % split == 0 and config.eval_batch_size > 0,
+           f"config.eval_batch_size={config.eval_batch_size} is not a positive multiple of the "
+           f"batch-parallel devices ({split}); use a multiple of {split}")
+    for key in ("eval_every", "checkpoint_every", "log_every", "keep_checkpoints"):
+        _check(config[key] >= 1, f"config.{key}={config[key]}; expected >= 1")
     o = config.optim
     _check(o.name in ("lamb", "adamw"), f"config.optim.name={o.name!r}; expected 'lamb' or 'adamw'")
     _check(0 < o.lr < 1, f"config.optim.lr={o.lr}; expected 0 < lr < 1")

@@ -1,81 +1,268 @@
-"""The pre-training loop: build, compile ahead of time, step without blocking the device, log.
+"""The pre-training loop, in readable phases (``run``):
 
-Phases of ``run``: validate -> mesh -> sharded state -> data -> AOT compile (memory analysis
-logged before step 0) -> steps, reading step t-1's metrics only after step t is dispatched.
+  1. check     config, data config and workdir, before anything is compiled or written;
+  2. build     mesh, the train state born sharded, input iterators;
+  3. restore   the latest complete checkpoint of this workdir (exact resume), else
+               ``config.init_from`` parameters, else the fresh initialisation;
+  4. compile   the train and eval steps ahead of time; memory analysis logged before step 0;
+  5. train     dispatch step t, then read step t-1's metrics (never block the device); evaluate
+               and checkpoint on their cadences; SIGTERM finishes the step, saves and exits 0;
+  6. report    final evaluation, summary, curves.png.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import jax
 import numpy as np
 
+from bertjax import checkpoint as ckpt_lib
 from bertjax import config as config_lib
+from bertjax import inputs
 from bertjax import multihost
+from bertjax import report
 from bertjax import sharding
-from bertjax import synthetic
 from bertjax import train
 
 
-def synthetic_batches(config: Any) -> Iterator[dict[str, np.ndarray]]:
-    """This host's share of synthetic batches (numpy; seeded by config.seed and the host)."""
-    rng = np.random.default_rng([config.seed, multihost.process_index()])
-    local = multihost.local_batch_size(config.global_batch_size)
-    while True:
-        yield synthetic.batch(rng, local, config.max_seq_length, config.max_predictions,
-                              config.model.vocab_size)
+class Preempted:
+    """Turns SIGTERM into a flag the loop checks after each step."""
+
+    def __init__(self):
+        self.flag = False
+        try:
+            signal.signal(signal.SIGTERM, self._handler)
+        except ValueError:  # not the main thread (tests)
+            pass
+
+    def _handler(self, signum, frame):
+        del signum, frame
+        self.flag = True
 
 
-def log_memory(compiled: Any) -> None:
+def check_workdir(workdir: str, config: Any, allow_config_change: bool) -> ckpt_lib.Checkpointer:
+    """Creates/opens the workdir's checkpoints; refuses a workdir of a different run."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, f".write_probe_{multihost.process_index()}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise config_lib.ConfigError(f"--workdir={workdir} is not writable ({e.strerror}); "
+                                     "choose a directory you can write to") from None
+    ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint_every,
+                                 config.keep_checkpoints, config.keep_period or None,
+                                 config.async_checkpoints)
+    saved = ckpt.saved_config()
+    if saved is not None and not allow_config_change:
+        diffs = ckpt_lib.config_differences(saved, ckpt_lib.config_to_json(config))
+        if diffs:
+            raise config_lib.ConfigError(
+                f"--workdir={workdir} holds a run with a different config ({'; '.join(diffs[:3])}"
+                f"{' ...' if len(diffs) > 3 else ''}); use another workdir or pass "
+                "--allow_config_change to resume it with the new values")
+    return ckpt
+
+
+def init_params_from(path: str, state: train.TrainState, shardings: Any) -> train.TrainState:
+    """Replaces the parameters with those of another bertjax run (fresh optimizer and step)."""
+    import orbax.checkpoint as ocp
+    from etils import epath
+
+    p = epath.Path(path)
+    if (p / "checkpoints").exists():
+        p = p / "checkpoints"
+    if not (p / "state").exists():
+        steps = sorted(int(x.name) for x in p.iterdir() if x.name.isdigit()) if p.exists() else []
+        if not steps:
+            raise config_lib.ConfigError(f"config.init_from={path!r} holds no bertjax checkpoint; "
+                                         "give a pre-training workdir or one of its step dirs")
+        p = p / str(steps[-1])
+    target = {"params": ckpt_lib.abstract_like(state.params, shardings.params)}
+    restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+    restored = ocp.PyTreeCheckpointer().restore(
+        p / "state", args=ocp.args.PyTreeRestore(target, restore_args=restore_args,
+                                                 partial_restore=True))
+    logging.info("initialised parameters from %s", p)
+    return state.replace(params=restored["params"])
+
+
+def evaluate(eval_fn, params, it, shardings) -> dict[str, float]:
+    """One pass over the fixed eval set; sums first, then ratios."""
+    it.reset()
+    total = None
+    for batch in it:
+        stats = eval_fn(params, multihost.global_batch(batch, shardings))
+        total = stats if total is None else jax.tree.map(lambda a, b: a + b, total, stats)
+    t = {k: float(v) for k, v in jax.device_get(total).items()}
+    out = {"mlm_loss": t["mlm_loss_sum"] / max(t["mlm_count"], 1),
+           "mlm_accuracy": t["mlm_correct"] / max(t["mlm_count"], 1),
+           "masked_tokens": t["mlm_count"]}
+    if t["nsp_count"]:
+        out["nsp_loss"] = t["nsp_loss_sum"] / t["nsp_count"]
+        out["nsp_accuracy"] = t["nsp_correct"] / t["nsp_count"]
+    out["loss"] = out["mlm_loss"] + out.get("nsp_loss", 0.0)
+    return out
+
+
+def majority_baseline(it) -> float:
+    """Accuracy of always predicting the eval set's most frequent masked token (this host)."""
+    it.reset()
+    counts: dict[int, float] = {}
+    for b in it:
+        w = b["masked_lm_weights"]
+        if "example_mask" in b:
+            w = w * b["example_mask"][:, None]
+        ids, n = np.unique(b["masked_lm_ids"][w > 0], return_counts=True)
+        for i, c in zip(ids, n):
+            counts[int(i)] = counts.get(int(i), 0) + int(c)
+    total = sum(counts.values())
+    return max(counts.values()) / total if total else 0.0
+
+
+def _memory_line(compiled: Any) -> str:
     try:
         mem = compiled.memory_analysis()
     except Exception:  # not every backend reports it
-        return
+        mem = None
     if mem is None:
-        return
+        return "memory analysis unavailable on this backend"
     gib = 1 / 2**30
-    logging.info("compiled step memory per device: arguments %.3f GiB, outputs %.3f GiB, "
-                 "temporaries %.3f GiB", mem.argument_size_in_bytes * gib,
-                 mem.output_size_in_bytes * gib, mem.temp_size_in_bytes * gib)
+    return (f"memory per device: arguments {mem.argument_size_in_bytes * gib:.3f} GiB, "
+            f"outputs {mem.output_size_in_bytes * gib:.3f} GiB, temporaries "
+            f"{mem.temp_size_in_bytes * gib:.3f} GiB")
 
 
-def run(config: Any, workdir: str | None = None) -> dict[str, float]:
-    """Pre-trains per ``config``; returns the last step's metrics."""
+def run(config: Any, workdir: str, allow_config_change: bool = False) -> dict[str, Any]:
+    """Pre-trains (or resumes) per ``config`` in ``workdir``; returns the final summary."""
+    # 1. check
     shape = config_lib.validate(config, jax.device_count())
+    try:
+        inputs.check(config)
+    except inputs.InputError as e:
+        raise config_lib.ConfigError(str(e)) from None
+    if config.init_from and not os.path.exists(config.init_from):
+        raise config_lib.ConfigError(f"config.init_from={config.init_from!r} does not exist; "
+                                     "give a pre-training workdir")
+    ckpt = check_workdir(workdir, config, allow_config_change)
+    chief = multihost.is_chief()
+    writer = report.MetricsWriter(workdir, enabled=chief)
+
+    # 2. build
+    inputs.ensure_prepared(config)
+    train_it, eval_it = inputs.train_iterator(config), inputs.eval_iterator(config)
     mesh = sharding.make_mesh(*shape)
     state, fns = train.build(config, mesh)
-    batches = synthetic_batches(config)
-    first = next(batches)
-    global_like = {k: np.zeros((config.global_batch_size,) + v.shape[1:], v.dtype)
-                   for k, v in first.items()}
-    shardings = train.batch_shardings(fns, global_like)
-    step_fn = train.jit_train_step(fns, global_like)
-    t0 = time.perf_counter()
-    compiled = step_fn.lower(state, multihost.global_batch(first, shardings)).compile()
-    logging.info("train step compiled in %.1f s", time.perf_counter() - t0)
-    log_memory(compiled)
 
-    pending, last = None, {}
-    batch = first
+    # 3. restore
+    start = ckpt.latest_step()
+    if start is not None:
+        abstract = ckpt_lib.abstract_like(state, fns.state_shardings)
+        del state  # free the fresh init before the restored copy arrives
+        state, start = ckpt.restore(abstract, train_it)
+        logging.info("resumed from step %d of %s", start, workdir)
+        if chief:
+            print(f"resuming from checkpoint step {start} in {workdir}", flush=True)
+    else:
+        start = 0
+        if config.init_from:
+            state = init_params_from(config.init_from, state, fns.state_shardings)
+
+    # 4. compile
+    first = next(train_it)
+    global_like = {k: np.zeros((v.shape[0] * multihost.process_count(),) + v.shape[1:], v.dtype)
+                   for k, v in first.items()}
+    batch_sh = train.batch_shardings(fns, global_like)
+    t0 = time.perf_counter()
+    step_fn = train.jit_train_step(fns, global_like).lower(
+        state, multihost.global_batch(first, batch_sh)).compile()
+    if chief:
+        print(f"train step compiled in {time.perf_counter() - t0:.1f} s; "
+              f"{_memory_line(step_fn)}", flush=True)
+    eval_batch = next(iter(eval_it))
+    eval_like = {k: np.zeros((v.shape[0] * multihost.process_count(),) + v.shape[1:], v.dtype)
+                 for k, v in eval_batch.items()}
+    eval_sh = train.batch_shardings(fns, eval_like)
+    eval_fn = train.jit_eval_step(fns, eval_like)
+
+    # 5. train
+    preempted = Preempted()
     tokens = config.global_batch_size * config.max_seq_length
-    t_start = time.perf_counter()
-    for step in range(config.total_steps):
-        state, metrics = compiled(state, multihost.global_batch(batch, shardings))
-        if pending is not None:  # step t is dispatched; now it is safe to read t-1
-            last = {k: float(v) for k, v in jax.device_get(pending[1]).items()}
-            if multihost.is_chief() and (pending[0] % config.log_every == 0
-                                         or pending[0] == config.total_steps - 2):
-                rate = tokens * (pending[0] + 1) / (time.perf_counter() - t_start)
-                print(f"step {pending[0] + 1:6d}/{config.total_steps}  loss {last['loss']:.4f}"
-                      f"  mlm_acc {last['mlm_accuracy']:.3f}  nsp_acc {last['nsp_accuracy']:.3f}"
-                      f"  lr {last['learning_rate']:.2e}  {rate:,.0f} tok/s", flush=True)
-        pending = (step, metrics)
-        batch = next(batches)
-    last = {k: float(v) for k, v in jax.device_get(pending[1]).items()}
-    if multihost.is_chief():
-        print(f"step {config.total_steps:6d}/{config.total_steps}  loss {last['loss']:.4f}"
-              f"  mlm_acc {last['mlm_accuracy']:.3f}", flush=True)
-    return last
+    progress = None
+    if chief and config.progress_bar:
+        from tqdm import tqdm
+        progress = tqdm(total=config.total_steps, initial=start, unit="step", dynamic_ncols=True)
+    pending, last, last_eval = None, {}, {}
+    data_wait = 0.0
+    batch = first
+    t_start, step = time.perf_counter(), start
+
+    def drain(pending):
+        s, metrics = pending
+        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if s % config.log_every == 0 or s == config.total_steps:
+            writer.write(s, "train", values)
+        if progress is not None:
+            progress.update(s - progress.n)
+            rate = tokens * (s - start) / max(time.perf_counter() - t_start, 1e-9)
+            progress.set_postfix(loss=f"{values['loss']:.3f}",
+                                 mlm_acc=f"{values['mlm_accuracy']:.3f}", tok_s=f"{rate:,.0f}")
+        return values
+
+    for step in range(start, config.total_steps):
+        if batch is None:
+            t = time.perf_counter()
+            batch = next(train_it)
+            data_wait += time.perf_counter() - t
+        state, metrics = step_fn(state, multihost.global_batch(batch, batch_sh))
+        batch = None
+        if pending is not None:  # step t is queued; reading t-1 now does not stall the device
+            last = drain(pending)
+        pending = (step + 1, metrics)
+        done = step + 1
+        if done % config.eval_every == 0 or done == config.total_steps:
+            last_eval = evaluate(eval_fn, state.params, eval_it, eval_sh)
+            writer.write(done, "eval", last_eval)
+        stop = preempted.flag or ckpt.reached_preemption(done)
+        if stop or done % config.checkpoint_every == 0 or done == config.total_steps:
+            ckpt.save(done, state, config, train_it, force=True)
+        if stop:
+            logging.warning("SIGTERM: saved step %d; exiting so the next start resumes there", done)
+            break
+    if pending is not None:
+        last = drain(pending)
+    elapsed = time.perf_counter() - t_start
+    ckpt.close()
+    if progress is not None:
+        progress.close()
+    writer.flush()
+
+    # 6. report
+    steps_run = (step + 1 - start) if config.total_steps > start else 0
+    result = {"step": start + steps_run, "train": last, "eval": last_eval,
+              "tokens_per_s": tokens * steps_run / max(elapsed, 1e-9),
+              "data_wait_share": data_wait / max(elapsed, 1e-9),
+              "preempted": preempted.flag}
+    if chief and not preempted.flag and last_eval:
+        result["majority_baseline"] = majority_baseline(eval_it)
+        png = report.plot_curves(workdir)
+        print(report.summary({
+            "workdir": workdir, "steps": f"{result['step']} / {config.total_steps}",
+            "model": f"{config.model.preset} ({config.model.vocab_size} vocab)",
+            "mesh": dict(mesh.shape),
+            "final train loss": f"{last.get('loss', float('nan')):.4f}",
+            "eval loss": f"{last_eval['loss']:.4f}",
+            "eval MLM accuracy": f"{last_eval['mlm_accuracy']:.4f}",
+            "most-frequent-token acc.": f"{result['majority_baseline']:.4f}",
+            "eval NSP accuracy": f"{last_eval.get('nsp_accuracy', float('nan')):.4f}",
+            "throughput": f"{result['tokens_per_s']:,.0f} tokens/s",
+            "waiting for data": f"{100 * result['data_wait_share']:.2f}% of the time",
+            "curves": png, "metrics": writer.path,
+        }), flush=True)
+    return result

@@ -52,3 +52,10 @@ def global_batch(local: dict[str, np.ndarray], shardings: dict[str, Any]) -> dic
         global_shape = (value.shape[0] * n,) + value.shape[1:]
         out[key] = jax.make_array_from_process_local_data(shardings[key], value, global_shape)
     return out
+
+
+def barrier(name: str) -> None:
+    """Waits until every process reaches this point (a no-op with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)

@@ -15,6 +15,8 @@ _CONFIG = cli.define_config(os.path.normpath(_DEFAULT_CONFIG),
                             help_string="Run config file (configs/*.py[:args]).",
                             lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/bert_tiny", "Where checkpoints and logs go.")
+_ALLOW = flags.DEFINE_bool("allow_config_change", False,
+                           "Resume a workdir even though its saved config differs.")
 _DEBUG = flags.DEFINE_bool("debug", False, "Show full tracebacks for configuration errors.")
 
 
@@ -25,7 +27,7 @@ def main(argv):
     from bertjax import loop  # after flag parsing: jax starts here
 
     try:
-        loop.run(cli.config_value(_CONFIG), _WORKDIR.value)
+        loop.run(cli.config_value(_CONFIG), _WORKDIR.value, _ALLOW.value)
     except config_lib.ConfigError as e:
         if _DEBUG.value:
             raise
@@ -33,5 +35,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    logging.set_verbosity(logging.INFO)
+    logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO; --verbosity=0 shows it
     app.run(main, flags_parser=cli.parse_flags)

@@ -1,0 +1,151 @@
+"""Where the pre-training loop gets its host-local batches from.
+
+``config.data.source`` picks one of:
+  embedded        the corpus derived from Python's standard-library docstrings, prepared on first
+                  use into ``config.data.path`` (default ~/.cache/bertjax/embedded-v<vocab>);
+  prepared        a directory written by ``python -m bertjax.prepare``;
+  bert_tfrecords  a glob of google-research/bert create_pretraining_data TFRecords;
+  synthetic       numpy batches (no TensorFlow): benchmarks and smoke runs.
+
+TensorFlow is imported only here, lazily, and only for the tf.data sources; this module never
+hands TensorFlow objects to the JAX side, only numpy dicts and iterators with save/restore.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import numpy as np
+
+from bertjax import multihost
+from bertjax import synthetic
+
+SOURCES = ("embedded", "prepared", "bert_tfrecords", "synthetic")
+
+
+class InputError(ValueError):
+    """The data config points at nothing usable; the message says what to fix."""
+
+
+class SyntheticIterator:
+    """Endless synthetic batches with exact save/restore (the numpy generator's state)."""
+
+    def __init__(self, config: Any, batch_size: int, seed_offset: int = 0,
+                 num_batches: int | None = None):
+        self._args = (batch_size, config.max_seq_length, config.max_predictions,
+                      config.model.vocab_size)
+        self._seed = [config.seed, multihost.process_index(), seed_offset]
+        self.num_batches = num_batches
+        self.reset()
+
+    def reset(self) -> None:
+        self._rng = np.random.default_rng(self._seed)
+        self._taken = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self.num_batches is not None and self._taken >= self.num_batches:
+            raise StopIteration
+        self._taken += 1
+        b = synthetic.batch(self._rng, *self._args)
+        if self.num_batches is not None:
+            b["example_mask"] = np.ones(self._args[0], np.float32)
+        return b
+
+    def save(self, path: str) -> str:
+        with open(path + ".json", "w") as f:
+            json.dump({"rng": self._rng.bit_generator.state, "taken": self._taken}, f)
+        return path
+
+    def restore(self, path: str) -> None:
+        with open(path + ".json") as f:
+            saved = json.load(f)
+        self._rng.bit_generator.state = saved["rng"]
+        self._taken = saved["taken"]
+
+
+def default_embedded_dir(vocab_size: int) -> str:
+    root = os.environ.get("BERTJAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache",
+                                                        "bertjax"))
+    return os.path.join(root, f"embedded-v{vocab_size}")
+
+
+def data_path(config: Any) -> str:
+    d = config.data
+    if d.source == "embedded":
+        base = d.path or default_embedded_dir(config.model.vocab_size)
+        return base if not d.max_documents else f"{base}-docs{d.max_documents}"
+    return d.path
+
+
+def check(config: Any) -> None:
+    """Validates the data config without reading data (runs before any compile)."""
+    d = config.data
+    if d.source not in SOURCES:
+        raise InputError(f"config.data.source={d.source!r}; expected one of {SOURCES}")
+    if d.source in ("prepared", "bert_tfrecords") and not d.path:
+        raise InputError(f"config.data.source={d.source!r} needs config.data.path (a directory "
+                         "from python -m bertjax.prepare, or a TFRecord glob)")
+    if d.source == "prepared" and not os.path.exists(os.path.join(d.path, "metadata.json")):
+        raise InputError(f"config.data.path={d.path!r} holds no complete preparation (no "
+                         "metadata.json); run python -m bertjax.prepare --output there first")
+    if not 0.0 < d.mask_rate < 1.0:
+        raise InputError(f"config.data.mask_rate={d.mask_rate}; expected 0 < rate < 1")
+
+
+def ensure_prepared(config: Any) -> None:
+    """Prepares the embedded corpus on first use (process 0 works, the others wait)."""
+    if config.data.source != "embedded":
+        return
+    path = data_path(config)
+    if multihost.is_chief() and not os.path.exists(os.path.join(path, "metadata.json")):
+        from bertjax.data import prepare as prepare_lib  # TensorFlow-side, lazily
+        print(f"preparing the embedded corpus into {path} (once) ...", flush=True)
+        prepare_lib.prepare(prepare_lib.PrepareConfig(
+            input="embedded", output=path, vocab_size=config.model.vocab_size,
+            num_shards=8, max_documents=config.data.max_documents or None))
+    multihost.barrier("embedded corpus prepared")
+
+
+def _tf_kwargs(config: Any) -> dict:
+    d = config.data
+    return dict(seq_len=config.max_seq_length, max_predictions=config.max_predictions,
+                host_index=multihost.process_index(), host_count=multihost.process_count(),
+                seed=config.seed, nsp=config.nsp, whole_word=d.whole_word,
+                mask_rate=d.mask_rate, model_vocab_size=config.model.vocab_size)
+
+
+def _hide_accelerators_from_tf() -> None:
+    import tensorflow as tf  # noqa: the data side only
+    tf.config.set_visible_devices([], "GPU")
+
+
+def train_iterator(config: Any) -> Any:
+    """This host's endless training iterator (local batch = global / process count)."""
+    local = multihost.local_batch_size(config.global_batch_size)
+    if config.data.source == "synthetic":
+        return SyntheticIterator(config, local)
+    _hide_accelerators_from_tf()
+    from bertjax.data import pretraining
+    return pretraining.make_pretraining_iterator(
+        data_path(config), batch_size=local, short_seq_prob=config.data.short_seq_prob,
+        shuffle_buffer=config.data.shuffle_buffer, **_tf_kwargs(config))
+
+
+def eval_iterator(config: Any) -> Any:
+    """This host's finite, fixed evaluation iterator (same number of batches on every host)."""
+    local = multihost.local_batch_size(config.eval_batch_size)
+    if config.data.source == "synthetic":
+        return SyntheticIterator(config, local, seed_offset=1, num_batches=4)
+    _hide_accelerators_from_tf()
+    from bertjax.data import pretraining
+    it = pretraining.make_eval_iterator(data_path(config), batch_size=local,
+                                        short_seq_prob=config.data.short_seq_prob,
+                                        **_tf_kwargs(config))
+    logging.info("eval set: %s batches of %s per host", it.num_batches, local)
+    return it
