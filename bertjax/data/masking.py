@@ -58,10 +58,16 @@ def mask_batch(input_ids: tf.Tensor, seed: tf.Tensor, *, vocab_size: int, max_pr
     seeds = tf.random.experimental.stateless_split(seed, 3)
     score = tf.random.stateless_uniform([b, length], seeds[0])  # [B, W]
     score = tf.where(word_size > 0, score, 2.0)  # absent words sort last
-    order = tf.argsort(score, axis=1)  # [B, W], words in random order
-    cum = tf.cumsum(tf.gather(word_size, order, batch_dims=1), axis=1)
-    take_sorted = (cum <= budget[:, None]) & (tf.gather(word_size, order, batch_dims=1) > 0)
-    take_word = tf.gather(take_sorted, tf.argsort(order, axis=1), batch_dims=1)  # back to word order
+    # At most P words fit the budget (each has >= 1 token), so the P lowest scores suffice: a
+    # top-k of P instead of a full sort of L. Taking words by rising score while the token count
+    # fits is the same as taking every word scoring at most the last one that fits.
+    neg_top, top_words = tf.math.top_k(-score, k=max_predictions)  # [B, P] ascending scores
+    cum = tf.cumsum(tf.gather(word_size, top_words, batch_dims=1), axis=1)
+    fits = (cum <= budget[:, None]) & (neg_top > -2.0)
+    n_fit = tf.reduce_sum(tf.cast(fits, tf.int32), axis=1)  # [B]
+    threshold = tf.where(n_fit > 0, -tf.gather(neg_top, tf.maximum(n_fit - 1, 0), batch_dims=1),
+                         -1.0)
+    take_word = score <= threshold[:, None]  # [B, W]
     chosen = maskable & tf.gather(take_word, word, batch_dims=1)  # [B, L]
 
     # Chosen positions first, ascending: the P smallest keys.

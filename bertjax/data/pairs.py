@@ -27,23 +27,25 @@ import tensorflow as tf
 from bertjax.data.tokenizer import CLS_ID, SEP_ID
 
 
-def split_long_sentences(lengths: tf.Tensor, max_len: int) -> tf.Tensor:
+def split_long_sentences(lengths: tf.RaggedTensor, max_len: int) -> tf.RaggedTensor:
     """Sentence lengths with every sentence longer than `max_len` cut into pieces of at most it.
 
     Tokens are unchanged (still contiguous); long sentences are split instead of truncated later,
     so no text is thrown away.
 
     Args:
-      lengths: int32 [S], positive.
+      lengths: ragged int32 [D, None], positive sentence lengths per document.
       max_len: the longest allowed piece.
 
     Returns:
-      int32 [S'] with the same sum.
+      ragged int32 [D, None] with the same row sums.
     """
-    pieces = (lengths + max_len - 1) // max_len  # [S]
+    flat = lengths.flat_values  # [S]
+    pieces = (flat + max_len - 1) // max_len  # [S]
     j = tf.ragged.range(pieces).flat_values  # piece index within its sentence, [S']
-    owner = tf.repeat(lengths, pieces)  # [S']
-    return tf.minimum(max_len, owner - j * max_len)
+    split = tf.minimum(max_len, tf.repeat(flat, pieces) - j * max_len)
+    return tf.RaggedTensor.from_row_lengths(split, tf.reduce_sum(lengths.with_flat_values(pieces),
+                                                                 axis=1))
 
 
 def _prefix(lengths: tf.Tensor) -> tf.Tensor:
@@ -79,15 +81,17 @@ def _truncate(la: tf.Tensor, lb: tf.Tensor, max_tokens: int, seed: tf.Tensor):
     return fa, ra - fa, fb, rb - fb
 
 
-def nsp_instances(tokens: tf.Tensor, lengths: tf.Tensor, other_tokens: tf.Tensor,
-                  other_lengths: tf.Tensor, seed: tf.Tensor, seq_len: int,
-                  short_seq_prob: float = 0.1) -> dict[str, tf.Tensor]:
-    """NSP pairs from one document, with random-next segments from `other`.
+def nsp_instances(tokens: tf.RaggedTensor, lengths: tf.RaggedTensor, seed: tf.Tensor,
+                  seq_len: int, short_seq_prob: float = 0.1) -> dict[str, tf.Tensor]:
+    """NSP pairs from a group of documents; random-next segments come from another document of it.
+
+    All documents advance together, one instance per loop iteration, so the loop runs as many
+    times as the longest document has instances and its ops are vectorised over the group.
 
     Args:
-      tokens: int32 [T], the document's tokens; lengths: int32 [S] its sentence lengths (> 0).
-      other_tokens, other_lengths: the same for a different document (source of random B).
-      seed: int64 [2], stateless seed of this document.
+      tokens: ragged int32 [D, None], the documents' tokens.
+      lengths: ragged int32 [D, None], their sentence lengths (> 0; every document non-empty).
+      seed: int64 [2], stateless seed of this group.
       seq_len: output length including [CLS] and two [SEP].
       short_seq_prob: probability of a random shorter target length.
 
@@ -97,54 +101,64 @@ def nsp_instances(tokens: tf.Tensor, lengths: tf.Tensor, other_tokens: tf.Tensor
     """
     max_tokens = seq_len - 3
     lengths = split_long_sentences(lengths, max_tokens)
-    other_lengths = split_long_sentences(other_lengths, max_tokens)
-    pre, pre2 = _prefix(lengths), _prefix(other_lengths)  # [S+1], [S2+1]
-    n, n2 = tf.size(lengths), tf.size(other_lengths)
-    offset2 = tf.size(tokens)  # B ranges index into concat([tokens, other_tokens])
+    pre = _prefix(lengths.flat_values)  # [S+1] token offsets of sentence boundaries in the group
+    s0 = tf.cast(lengths.row_starts(), tf.int32)  # [D] first sentence of each document
+    s1 = tf.cast(lengths.row_limits(), tf.int32)  # [D] one past its last sentence
+    n_doc = s1 - s0
+    d = tf.size(s0)
+    # The partner of document j is j+r (mod D) for one r in [1, D): never itself when D > 1.
+    r_shift = tf.random.stateless_uniform([], tf.random.experimental.stateless_fold_in(seed, (1 << 30) + 1),
+                                          minval=1, maxval=tf.maximum(d, 2), dtype=tf.int32)
+    partner = (tf.range(d) + r_shift) % tf.maximum(d, 1)
+    p0, pn = tf.gather(s0, partner), tf.gather(n_doc, partner)
+    at = lambda idx: tf.gather(pre, idx)  # noqa: E731 (token offset of a sentence boundary)
+    m = max_tokens
 
-    def body(c, k, arrays):
-        u = tf.random.stateless_uniform([5], tf.random.experimental.stateless_fold_in(seed, k))
-        short = 2 + tf.cast(u[1] * tf.cast(max_tokens - 1, tf.float32), tf.int32)
-        target = tf.where(u[0] < short_seq_prob, tf.minimum(short, max_tokens), max_tokens)
+    def body(c_state, k, arrays):
+        active = c_state < s1  # [D]
+        c = tf.where(active, c_state, s0)  # finished documents compute on valid indices, unused
+        u = tf.random.stateless_uniform([d, 5], tf.random.experimental.stateless_fold_in(seed, k))
+        short = 2 + tf.cast(u[:, 1] * (m - 1), tf.int32)
+        target = tf.where(u[:, 0] < short_seq_prob, tf.minimum(short, m), m)
         # The chunk [c, i] ends at the first sentence that reaches the target (or the document end).
-        q = tf.searchsorted(pre, [pre[c] + target], side="left")[0]
-        i = tf.clip_by_value(q - 1, c, n - 1)
+        q = tf.searchsorted(pre, at(c) + target, side="left")
+        i = tf.minimum(tf.maximum(q - 1, c), s1 - 1)
         n_seg = i - c + 1
-        a_end = c + 1 + tf.cast(u[2] * tf.cast(n_seg - 1, tf.float32), tf.int32)  # in [c+1, i]
-        a_end = tf.minimum(a_end, tf.maximum(i, c + 1))
-        last = i + 1 >= n
-        is_random = (u[3] < 0.5) | (n == 1)  # a one-sentence document has no continuation
+        a_end = tf.minimum(c + 1 + tf.cast(u[:, 2] * tf.cast(n_seg - 1, tf.float32), tf.int32),
+                           tf.maximum(i, c + 1))  # A = sentences [c, a_end), a_end in [c+1, i]
+        last = i + 1 >= s1
+        is_random = (u[:, 3] < 0.5) | (n_doc == 1)  # a one-sentence document has no continuation
         # A one-sentence chunk that gets a true continuation takes the next sentence as B, or at
         # the end of the document becomes B itself after the previous sentence as A.
         extend = (n_seg == 1) & ~last
         back = (n_seg == 1) & last & ~is_random
         a_start = tf.where(back, c - 1, c)
         a_end = tf.where(back, c, a_end)
-        b_start = tf.where(extend, tf.minimum(i + 1, n), tf.where(back, c, a_end))
-        b_end = tf.where(extend, tf.minimum(i + 2, n), i + 1)
-        # Random B: sentences of `other` from a random start until B's target is reached.
-        target_b = target - (pre[a_end] - pre[a_start])
-        r = tf.minimum(tf.cast(u[4] * tf.cast(n2, tf.float32), tf.int32), n2 - 1)
-        r_end = tf.searchsorted(pre2, [pre2[r] + target_b], side="left")[0]
-        r_end = tf.clip_by_value(r_end, r + 1, n2)
-        row = tf.stack([pre[a_start], pre[a_end],
-                        tf.where(is_random, offset2 + pre2[r], pre[b_start]),
-                        tf.where(is_random, offset2 + pre2[r_end], pre[b_end]),
-                        tf.cast(is_random, tf.int32)])
+        b_start = tf.where(extend, tf.minimum(i + 1, s1), tf.where(back, c, a_end))
+        b_end = tf.where(extend, tf.minimum(i + 2, s1), i + 1)
+        # Random B: the partner's sentences from a random start until B's target is reached.
+        r = p0 + tf.minimum(tf.cast(u[:, 4] * tf.cast(pn, tf.float32), tf.int32), pn - 1)
+        target_b = target - (at(a_end) - at(a_start))
+        r_end = tf.searchsorted(pre, at(r) + target_b, side="left")
+        r_end = tf.minimum(tf.maximum(r_end, r + 1), p0 + pn)
+        row = tf.stack([at(a_start), at(a_end), tf.where(is_random, at(r), at(b_start)),
+                        tf.where(is_random, at(r_end), at(b_end)), tf.cast(is_random, tf.int32),
+                        tf.cast(active, tf.int32)], axis=1)  # [D, 6]
         next_c = tf.where(is_random, a_end, b_end)  # random B puts the unused sentences back
-        return next_c, k + 1, arrays.write(k, row)
+        return tf.where(active, next_c, c_state), k + 1, arrays.write(k, row)
 
     _, _, arrays = tf.while_loop(
-        lambda c, k, arrays: c < n, body,
-        (tf.constant(0), tf.constant(0), tf.TensorArray(tf.int32, size=0, dynamic_size=True,
-                                                        element_shape=[5])))
-    rows = tf.reshape(arrays.stack(), [-1, 5])  # [K, 5]: a_lo, a_hi, b_lo, b_hi, label
-    a_lo, a_hi, b_lo, b_hi, label = tf.unstack(rows, axis=1)
+        lambda c, k, arrays: tf.reduce_any(c < s1), body,
+        (s0, tf.constant(0), tf.TensorArray(tf.int32, size=0, dynamic_size=True,
+                                            element_shape=[None, 6])))
+    rows = tf.reshape(arrays.stack(), [-1, 6])
+    rows = tf.boolean_mask(rows, rows[:, 5] > 0)  # [K, 6]: a_lo, a_hi, b_lo, b_hi, label, active
+    a_lo, a_hi, b_lo, b_hi, label = tf.unstack(rows[:, :5], axis=1)
     af, ab, bf, bb = _truncate(a_hi - a_lo, b_hi - b_lo, max_tokens,
                                tf.random.experimental.stateless_fold_in(seed, 1 << 30))
-    both = tf.concat([tokens, other_tokens], axis=0)
-    a = _ranges_to_ragged(both, a_lo + af, a_hi - ab)
-    b = _ranges_to_ragged(both, b_lo + bf, b_hi - bb)
+    flat = tokens.flat_values
+    a = _ranges_to_ragged(flat, a_lo + af, a_hi - ab)
+    b = _ranges_to_ragged(flat, b_lo + bf, b_hi - bb)
     k = tf.shape(rows)[0]
     cls = tf.RaggedTensor.from_tensor(tf.fill([k, 1], CLS_ID))
     sep = tf.RaggedTensor.from_tensor(tf.fill([k, 1], SEP_ID))
@@ -176,7 +190,8 @@ def packed_sequences(tokens: tf.RaggedTensor, lengths: tf.RaggedTensor,
     last_idx = tf.cumsum(doc_len) - 1  # index of each document's last sentence
     bump = tf.scatter_nd(tf.expand_dims(last_idx, 1), tf.cast(not_last, tf.int32),
                          tf.shape(lengths.flat_values))
-    sent = split_long_sentences(lengths.flat_values + bump, max_tokens)
+    sent = split_long_sentences(lengths.with_flat_values(lengths.flat_values + bump),
+                                max_tokens).flat_values
     pre, n = _prefix(sent), tf.size(sent)
 
     def body(c, k, arrays):

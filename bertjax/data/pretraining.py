@@ -163,34 +163,18 @@ def _document_instances(files: list[str], *, seq_len: int, nsp: bool, short_seq_
         ds = ds.shuffle(doc_buffer, seed=_mix(seed, host, "docs"), reshuffle_each_iteration=True)
     else:
         ds = ds.flat_map(tf.data.TFRecordDataset)  # files and documents in order
-    ds = ds.batch(_DOC_GROUP).enumerate()
     group_seed = _mix(seed, host, "group")
-    if not nsp:
-        def pack(i, serialized):
-            tokens, lengths = _parse_documents(serialized)
-            return _dense(pairs.packed_sequences(tokens, lengths, seq_len), seq_len)
-        return ds.map(pack, num_parallel_calls=AUTOTUNE).unbatch()
 
-    def partner(i, serialized):
+    def make(i, serialized):
         tokens, lengths = _parse_documents(serialized)
-        d = tokens.nrows(out_type=tf.int32)
-        # Every document gets another document of its group as its source of random segments:
-        # the group shifted by r in [1, d), so a partner is never the document itself (d > 1).
-        r = tf.random.stateless_uniform([], [group_seed, i], minval=1, maxval=tf.maximum(d, 2),
-                                        dtype=tf.int32) % d
-        idx = (tf.range(d) + r) % d
-        return {"tokens": tokens, "lengths": lengths, "other_tokens": tf.gather(tokens, idx),
-                "other_lengths": tf.gather(lengths, idx)}
+        if nsp:
+            out = pairs.nsp_instances(tokens, lengths, tf.stack([tf.cast(group_seed, tf.int64), i]),
+                                      seq_len, short_seq_prob)
+        else:
+            out = pairs.packed_sequences(tokens, lengths, seq_len)
+        return _dense(out, seq_len)
 
-    doc_seed = _mix(seed, host, "pairs")
-
-    def make(i, doc):
-        return _dense(pairs.nsp_instances(
-            doc["tokens"], doc["lengths"], doc["other_tokens"], doc["other_lengths"],
-            tf.stack([tf.cast(doc_seed, tf.int64), i]), seq_len, short_seq_prob), seq_len)
-
-    ds = ds.map(partner, num_parallel_calls=AUTOTUNE).unbatch().enumerate()
-    return ds.map(make, num_parallel_calls=AUTOTUNE).unbatch()
+    return ds.batch(_DOC_GROUP).enumerate().map(make, num_parallel_calls=AUTOTUNE).unbatch()
 
 
 def _dense(instances: dict[str, Any], seq_len: int) -> dict[str, tf.Tensor]:
@@ -262,8 +246,10 @@ class DataIterator:
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
             for path in self.files:  # find the culprit only on failure: reading all is slow
                 read_all_records(path)
-            raise DataError(f"reading {len(self.files)} files failed ({_reason(e)}); "
-                            "check them with python -m bertjax.prepare --verify --output DIR") from None
+            if isinstance(e, tf.errors.DataLossError):
+                raise DataError(f"reading {len(self.files)} files failed ({_reason(e)}); check them "
+                                "with python -m bertjax.prepare --verify --output DIR") from None
+            raise  # the files are intact: not a data problem
         return {k: v.numpy() for k, v in batch.items()}
 
     @property
@@ -315,7 +301,7 @@ def make_pretraining_iterator(
         host_index: int = 0, host_count: int = 1, seed: int = 0, nsp: bool = True,
         whole_word: bool = False, mask_rate: float = 0.15, short_seq_prob: float = 0.1,
         shuffle_buffer: int = 2048, doc_buffer: int = 256, model_vocab_size: int | None = None,
-        ) -> DataIterator:
+        threads: int | None = None) -> DataIterator:
     """Endless, shuffled, dynamically masked training batches for this host.
 
     Args:
@@ -331,6 +317,7 @@ def make_pretraining_iterator(
       short_seq_prob: probability of a shorter random target length (NSP mode).
       shuffle_buffer, doc_buffer: instance and document shuffle buffers (memory vs. mixing).
       model_vocab_size: if given, checked against the tokenizer's size.
+      threads: tf.data threads for this pipeline (None: a shared pool over all cores).
 
     Returns:
       A DataIterator of dicts: input_ids, input_mask, segment_ids [B, L] int32;
@@ -358,7 +345,16 @@ def make_pretraining_iterator(
         i, b, seq_len=seq_len, max_predictions=max_predictions, vocab_size=source.vocab_size(),
         mask_rate=mask_rate, word_starts=word_starts, mask_seed=mask_seed),
         num_parallel_calls=AUTOTUNE)
-    return DataIterator(ds.prefetch(AUTOTUNE), files)
+    return DataIterator(_with_threads(ds.prefetch(AUTOTUNE), threads), files)
+
+
+def _with_threads(ds: tf.data.Dataset, threads: int | None) -> tf.data.Dataset:
+    if threads is None:
+        return ds
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = threads
+    options.threading.max_intra_op_parallelism = 1
+    return ds.with_options(options)
 
 
 def _bert_iterator(source: _Source, files: list[str], batch_size: int, seq_len: int,
