@@ -1,4 +1,7 @@
-"""Prepare pre-training data: `python -m bertjax.prepare --input GLOB|embedded|tfds:NAME --output DIR`.
+"""Prepare pre-training data: `python -m bertjax.prepare --input SOURCE --output DIR`.
+
+SOURCE is a glob of corpus-format text files, `embedded` (Python stdlib docstrings) or
+`tfds:NAME[:SPLIT]` (read from the local TFDS data dir, never downloaded).
 
 Kept short on purpose: flags in, `bertjax.data.prepare.prepare` does the work. A bad input stops
 with one line on stderr and exit status 2 (the traceback only with --debug). Rerunning the same
@@ -17,12 +20,14 @@ from absl import app, flags
 from bertjax.data import prepare as prepare_lib
 from bertjax.data.errors import DataError
 
-_INPUT = flags.DEFINE_string("input", None, "Glob(s) of corpus-format text files (comma-separated), "
-                             "'embedded' (Python stdlib docstrings), or tfds:NAME[:SPLIT].")
+_INPUT = flags.DEFINE_string(
+    "input", None, "Glob(s) of corpus-format text files (comma-separated), 'embedded' (Python "
+    "stdlib docstrings), or tfds:NAME[:SPLIT].")
 _OUTPUT = flags.DEFINE_string("output", None, "Output directory.")
-_VOCAB = flags.DEFINE_integer("vocab_size", 30522, "Pieces of the tokenizer to train (specials included).")
-_TOKENIZER = flags.DEFINE_string("tokenizer", None, "Use this sentencepiece .model instead of training.")
-_TOK_TYPE = flags.DEFINE_enum("tokenizer_type", "unigram", ["unigram", "bpe"], "SentencePiece model type.")
+_VOCAB = flags.DEFINE_integer("vocab_size", 30522, "Tokenizer pieces to train (specials included).")
+_TOKENIZER = flags.DEFINE_string("tokenizer", None, "Use this sentencepiece .model; do not train.")
+_TOK_TYPE = flags.DEFINE_enum("tokenizer_type", "unigram", ["unigram", "bpe"],
+                              "SentencePiece model type.")
 _SHARDS = flags.DEFINE_integer("num_shards", None, "Output shards (default: a power of two >= 8, "
                                "~32 MB of text each); use at least the largest host count.")
 _EVAL = flags.DEFINE_float("eval_fraction", 0.02, "Fraction of documents held out for evaluation.")

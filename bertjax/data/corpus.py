@@ -88,7 +88,8 @@ def stdlib_documents(root: str | None = None) -> Iterator[list[str]]:
 
 
 def write_embedded_corpus(path: str, max_documents: int | None = None) -> dict[str, int]:
-    """Writes the embedded corpus to `path` in corpus format (paragraph per line, blank between docs).
+    """Writes the embedded corpus to `path` in corpus format (a paragraph per line, blank lines
+    between documents).
 
     Writes to a temporary name first and renames, so a reader never sees a partial file.
 

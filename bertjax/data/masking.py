@@ -19,7 +19,8 @@ from bertjax.data.tokenizer import MASK_ID, NUM_SPECIAL
 
 
 def mask_batch(input_ids: tf.Tensor, seed: tf.Tensor, *, vocab_size: int, max_predictions: int,
-               mask_rate: float = 0.15, word_starts: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+               mask_rate: float = 0.15,
+               word_starts: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
     """Chooses and corrupts the masked positions of a batch.
 
     Args:

@@ -107,8 +107,9 @@ def nsp_instances(tokens: tf.RaggedTensor, lengths: tf.RaggedTensor, seed: tf.Te
     n_doc = s1 - s0
     d = tf.size(s0)
     # The partner of document j is j+r (mod D) for one r in [1, D): never itself when D > 1.
-    r_shift = tf.random.stateless_uniform([], tf.random.experimental.stateless_fold_in(seed, (1 << 30) + 1),
-                                          minval=1, maxval=tf.maximum(d, 2), dtype=tf.int32)
+    shift_seed = tf.random.experimental.stateless_fold_in(seed, (1 << 30) + 1)
+    r_shift = tf.random.stateless_uniform([], shift_seed, minval=1, maxval=tf.maximum(d, 2),
+                                          dtype=tf.int32)
     partner = (tf.range(d) + r_shift) % tf.maximum(d, 1)
     p0, pn = tf.gather(s0, partner), tf.gather(n_doc, partner)
     at = lambda idx: tf.gather(pre, idx)  # noqa: E731 (token offset of a sentence boundary)
@@ -195,7 +196,8 @@ def packed_sequences(tokens: tf.RaggedTensor, lengths: tf.RaggedTensor,
     pre, n = _prefix(sent), tf.size(sent)
 
     def body(c, k, arrays):
-        q = tf.searchsorted(pre, [pre[c] + max_tokens], side="right")[0] - 1  # last boundary that fits
+        # The last sentence boundary that still fits.
+        q = tf.searchsorted(pre, [pre[c] + max_tokens], side="right")[0] - 1
         q = tf.maximum(q, c + 1)
         return q, k + 1, arrays.write(k, tf.stack([pre[c], pre[q]]))
 

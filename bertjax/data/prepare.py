@@ -65,7 +65,9 @@ class PrepareConfig:
 class _Source:
     """Where a shard's documents come from: text byte ranges, or a TFDS example slice."""
     pieces: tuple[text.ByteRange, ...] = ()
-    tfds: tuple[str, str, str | None, str, int, int] | None = None  # name, split, dir, key, lo, hi
+    # TFDS: name, split, data_dir, text key, shard, num_shards, first and end example (None when
+    # the split size is unknown: then every num_shards-th example).
+    tfds: tuple[str, str, str | None, str, int, int, int | None, int | None] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,11 +96,15 @@ def _is_eval(doc_id: int, fraction: float) -> bool:
     return (doc_id & 0xFFFFFFFF) < fraction * 2**32
 
 
-def _tfds_documents(name: str, split: str, data_dir: str | None, key: str, lo: int,
-                    hi: int) -> Iterator[list[str]]:
+def _tfds_documents(name: str, split: str, data_dir: str | None, key: str, shard: int,
+                    num_shards: int, lo: int | None, hi: int | None) -> Iterator[list[str]]:
     import tensorflow_datasets as tfds
 
-    ds = tfds.builder(name, data_dir=data_dir).as_dataset(split=f"{split}[{lo}:{hi}]")
+    builder = tfds.builder(name, data_dir=data_dir)
+    if lo is None:
+        ds = builder.as_dataset(split=split, shuffle_files=False).shard(num_shards, shard)
+    else:
+        ds = builder.as_dataset(split=f"{split}[{lo}:{hi}]", shuffle_files=False)
     for example in ds.as_numpy_iterator():
         value = example[key]
         value = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
@@ -183,7 +189,8 @@ def _shard_done(output: str, shard: int) -> dict | None:
         with open(path) as f:
             record = json.load(f)
         for split in ("train", "eval"):
-            if os.path.getsize(os.path.join(output, record[split]["file"])) != record[split]["bytes"]:
+            path = os.path.join(output, record[split]["file"])
+            if os.path.getsize(path) != record[split]["bytes"]:
                 return None
     except (OSError, ValueError, KeyError):
         return None
@@ -191,7 +198,7 @@ def _shard_done(output: str, shard: int) -> dict | None:
 
 
 def _resolve_sources(cfg: PrepareConfig) -> tuple[list[_Source], str]:
-    """Validates the input and assigns it to shards; returns (per-shard sources, input description)."""
+    """Validates the input and assigns it to shards: (per-shard sources, input description)."""
     if cfg.input.startswith("tfds:"):
         parts = cfg.input[5:].split(":")
         name, split = parts[0], (parts[1] if len(parts) > 1 else "train")
@@ -199,19 +206,23 @@ def _resolve_sources(cfg: PrepareConfig) -> tuple[list[_Source], str]:
 
         try:
             builder = tfds.builder(name, data_dir=cfg.tfds_data_dir)
-            total = builder.info.splits[split].num_examples
+            builder.as_dataset(split=split)  # only opens the files: fails if not prepared locally
             features = builder.info.features
         except Exception as e:  # tfds raises many types for a missing or unknown dataset
-            raise DataError(f"TFDS dataset {name!r} split {split!r} is not available locally ({e}); "
-                            "prepare it into --tfds_data_dir first (bertjax never downloads)") from None
+            reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            raise DataError(f"TFDS dataset {name!r} split {split!r} is not available locally "
+                            f"({reason}); prepare it into --tfds_data_dir first (bertjax never "
+                            "downloads)") from None
         if cfg.tfds_text_key not in features:
             raise DataError(f"TFDS dataset {name!r} has no feature {cfg.tfds_text_key!r} (it has "
                             f"{sorted(features)}); pass --tfds_text_key with the text feature")
-        if total == 0:
-            raise DataError(f"TFDS dataset {name!r} split {split!r} is empty; choose another split")
-        n = cfg.num_shards or _auto_num_shards(builder.info.splits[split].num_bytes or 0)
-        return [_Source(tfds=(name, split, cfg.tfds_data_dir, cfg.tfds_text_key, total * k // n,
-                              total * (k + 1) // n)) for k in range(n)], cfg.input
+        info = builder.info.splits[split] if split in builder.info.splits else None
+        total = info.num_examples if info else None
+        n = cfg.num_shards or _auto_num_shards(info.num_bytes if info else 0)
+        key = (name, split, cfg.tfds_data_dir, cfg.tfds_text_key)
+        return [_Source(tfds=(*key, k, n, total * k // n if total else None,
+                              total * (k + 1) // n if total else None))
+                for k in range(n)], cfg.input
     if cfg.input == "embedded":
         from bertjax.data import corpus
 
@@ -248,8 +259,8 @@ def _tokenizer_sentences(sources: list[_Source], limit: int) -> Iterator[str]:
 
 def _check_config(cfg: PrepareConfig) -> None:
     if not 0 <= cfg.eval_fraction < 1:
-        raise DataError(f"--eval_fraction {cfg.eval_fraction} is out of range (expected 0 <= F < 1, "
-                        "e.g. 0.02)")
+        raise DataError(f"--eval_fraction {cfg.eval_fraction} is out of range (expected 0 <= F < "
+                        "1, e.g. 0.02)")
     if not 0 <= cfg.worker_index < cfg.num_workers:
         raise DataError(f"--worker_index {cfg.worker_index} is out of range for --num_workers "
                         f"{cfg.num_workers} (expected 0 <= index < num_workers)")
@@ -257,8 +268,9 @@ def _check_config(cfg: PrepareConfig) -> None:
         raise DataError(f"--num_shards {cfg.num_shards} must be positive (e.g. 256, a multiple of "
                         "the largest host count you will train with)")
     if cfg.tokenizer is None and cfg.vocab_size <= tok_lib.NUM_SPECIAL:
-        raise DataError(f"--vocab_size {cfg.vocab_size} leaves no room for text pieces (expected more "
-                        f"than the {tok_lib.NUM_SPECIAL} special tokens); pass e.g. --vocab_size 30522")
+        raise DataError(f"--vocab_size {cfg.vocab_size} leaves no room for text pieces (expected "
+                        f"more than the {tok_lib.NUM_SPECIAL} special tokens); pass e.g. "
+                        "--vocab_size 30522")
 
 
 def _claim_output(cfg: PrepareConfig, num_shards: int) -> None:
@@ -290,13 +302,15 @@ def _get_tokenizer(cfg: PrepareConfig, sources: list[_Source]) -> tok_lib.Tokeni
         return tok_lib.Tokenizer.load(path)  # a rerun keeps the tokenizer it started with
     if cfg.num_workers > 1:
         raise DataError(f"{cfg.num_workers} workers need one shared tokenizer, and {path} does not "
-                        "exist; run once with --tokenizer_only (one worker), then start the workers")
-    print(f"training a {cfg.tokenizer_type} tokenizer, vocab_size {cfg.vocab_size}", file=sys.stderr)
+                        "exist; run once with --tokenizer_only (one worker), then start the "
+                        "workers")
+    print(f"training a {cfg.tokenizer_type} tokenizer, vocab_size {cfg.vocab_size}",
+          file=sys.stderr)
     tok = tok_lib.train_tokenizer(_tokenizer_sentences(sources, cfg.tokenizer_sentences),
                                   cfg.vocab_size, cfg.tokenizer_type, cfg.processes)
     if tok.vocab_size < cfg.vocab_size:
-        print(f"the text supports only {tok.vocab_size} pieces (asked for {cfg.vocab_size}); the real "
-              "size is recorded in metadata.json", file=sys.stderr)
+        print(f"the text supports only {tok.vocab_size} pieces (asked for {cfg.vocab_size}); the "
+              "real size is recorded in metadata.json", file=sys.stderr)
     tok.save(path)
     return tok
 
@@ -321,7 +335,8 @@ def prepare(cfg: PrepareConfig) -> dict | None:
         return None
     mine = [s for s in range(num_shards) if s % cfg.num_workers == cfg.worker_index]
     for s in mine:  # partial files of an interrupted run of this worker
-        for stale in glob.glob(os.path.join(cfg.output, f"*-{s:05d}-of-{num_shards:05d}.tfrecord.tmp-*")):
+        pattern = f"*-{s:05d}-of-{num_shards:05d}.tfrecord.tmp-*"
+        for stale in glob.glob(os.path.join(cfg.output, pattern)):
             os.remove(stale)
     todo = [s for s in mine if _shard_done(cfg.output, s) is None]
     print(f"worker {cfg.worker_index}/{cfg.num_workers}: {len(mine)} of {num_shards} shards, "
@@ -360,8 +375,9 @@ def _write_metadata(cfg: PrepareConfig, description: str, tok: tok_lib.Tokenizer
     splits = {}
     for split in ("train", "eval"):
         shards = [r[split] for r in records]
-        splits[split] = {"shards": shards, **{k: sum(s[k] for s in shards)
-                                               for k in ("documents", "sentences", "tokens", "bytes")}}
+        totals = {k: sum(s[k] for s in shards)
+                  for k in ("documents", "sentences", "tokens", "bytes")}
+        splits[split] = {"shards": shards, **totals}
     meta = {
         "format": FORMAT, "input": description, "tokenizer": TOKENIZER,
         "tokenizer_sha256": tok.sha256(), "tokenizer_type": cfg.tokenizer_type if not cfg.tokenizer
@@ -384,14 +400,14 @@ def load_metadata(data_dir: str) -> dict:
     """
     path = os.path.join(data_dir, METADATA)
     if not os.path.exists(path):
-        raise DataError(f"{data_dir} has no {METADATA}, so its preparation is incomplete or it is not "
-                        "a prepared directory; (re)run python -m bertjax.prepare --output "
+        raise DataError(f"{data_dir} has no {METADATA}, so its preparation is incomplete or it is "
+                        "not a prepared directory; (re)run python -m bertjax.prepare --output "
                         f"{data_dir} with the same flags")
     with open(path) as f:
         meta = json.load(f)
     if meta.get("format") != FORMAT:
-        raise DataError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}; prepare the "
-                        "data again with this version of bertjax")
+        raise DataError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}; prepare "
+                        "the data again with this version of bertjax")
     return meta
 
 
@@ -405,15 +421,16 @@ def verify(data_dir: str) -> int:
       The number of documents read.
     """
     meta = load_metadata(data_dir)
-    from bertjax.data.pretraining import read_all_records
+    from bertjax.data.sources import read_all_records
 
     total = 0
     for split in ("train", "eval"):
         for shard in meta["splits"][split]["shards"]:
             path = os.path.join(data_dir, shard["file"])
             if not os.path.exists(path) or _sha256(path) != shard["sha256"]:
-                raise DataError(f"{path} is missing or its sha256 differs from {METADATA} (the file "
-                                f"is corrupt or was changed); delete it and shards/{shard['shard']:05d}"
-                                ".json, then rerun prepare with the same flags")
+                raise DataError(f"{path} is missing or its sha256 differs from {METADATA} (the "
+                                "file is corrupt or was changed); delete it and "
+                                f"shards/{shard['shard']:05d}.json, then rerun prepare with the "
+                                "same flags")
             total += read_all_records(path)
     return total

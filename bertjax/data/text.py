@@ -17,7 +17,7 @@ from typing import Iterator, Sequence
 
 from bertjax.data.errors import DataError
 
-# Bytes examined when deciding whether a file is text: enough to catch binaries, cheap on huge files.
+# Bytes examined to decide whether a file is text: enough to catch binaries, cheap on huge files.
 _SNIFF_BYTES = 1 << 20
 
 # Words ending in "." that rarely end a sentence in English technical prose.
@@ -50,20 +50,21 @@ def check_text_file(path: str) -> int:
         raise DataError(f"input file {path} is empty (expected text in corpus format: one sentence "
                         "per line, blank line between documents); remove it or fix the glob")
     if b"\x00" in head:
-        raise DataError(f"input file {path} looks binary (it contains NUL bytes; expected UTF-8 text "
-                        "in corpus format); remove it from the input glob")
+        raise DataError(f"input file {path} looks binary (it contains NUL bytes; expected UTF-8 "
+                        "text in corpus format); remove it from the input glob")
     try:
         head.decode("utf-8")
     except UnicodeDecodeError as e:
         # A full sniffed block may end inside a multi-byte character; that alone is fine.
         if len(head) == _SNIFF_BYTES and e.reason == "unexpected end of data":
             return size
-        raise DataError(f"input file {path} is not UTF-8 text (byte {e.start}: {e.reason}); convert "
-                        "it with iconv or remove it from the input glob") from None
+        raise DataError(f"input file {path} is not UTF-8 text (byte {e.start}: {e.reason}); "
+                        "convert it with iconv or remove it from the input glob") from None
     return size
 
 
-def plan_splits(files: Sequence[str], sizes: Sequence[int], num_splits: int) -> list[list[ByteRange]]:
+def plan_splits(files: Sequence[str], sizes: Sequence[int],
+                num_splits: int) -> list[list[ByteRange]]:
     """Divides the concatenated input into `num_splits` nearly equal byte ranges.
 
     Args:
@@ -201,11 +202,11 @@ def expand_inputs(pattern: str) -> list[str]:
     for part in filter(None, (p.strip() for p in pattern.split(","))):
         matches = [m for m in glob.glob(part, recursive=True) if os.path.isfile(m)]
         if not matches:
-            raise DataError(f"--input pattern {part!r} matches no file (expected a glob of text files "
-                            "in corpus format, 'embedded', or 'tfds:NAME'); check the path and quote "
-                            "the glob so the shell does not expand it")
+            raise DataError(f"--input pattern {part!r} matches no file (expected a glob of text "
+                            "files in corpus format, 'embedded', or 'tfds:NAME'); check the path "
+                            "and quote the glob so the shell does not expand it")
         files.update(matches)
     if not files:
-        raise DataError(f"--input {pattern!r} names no file; pass a glob of text files, 'embedded' or "
-                        "'tfds:NAME'")
+        raise DataError(f"--input {pattern!r} names no file; pass a glob of text files, 'embedded' "
+                        "or 'tfds:NAME'")
     return sorted(files)

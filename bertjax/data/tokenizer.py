@@ -24,7 +24,8 @@ import sentencepiece as spm
 from bertjax.data.errors import DataError
 
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 1, 2, 3, 4
-SPECIAL_TOKENS = {"[PAD]": PAD_ID, "[UNK]": UNK_ID, "[CLS]": CLS_ID, "[SEP]": SEP_ID, "[MASK]": MASK_ID}
+SPECIAL_TOKENS = {"[PAD]": PAD_ID, "[UNK]": UNK_ID, "[CLS]": CLS_ID, "[SEP]": SEP_ID,
+                  "[MASK]": MASK_ID}
 NUM_SPECIAL = len(SPECIAL_TOKENS)  # ids below this are never masked nor used as random tokens
 MODEL_TYPES = ("unigram", "bpe")
 _WORD_MARK = "\u2581"
@@ -46,11 +47,12 @@ class Tokenizer:
         self.vocab_size = int(self._sp.get_piece_size())
         where = path or "the tokenizer model"
         for piece, want in SPECIAL_TOKENS.items():
-            got = self._sp.piece_to_id(piece) if self.vocab_size > want else -1
-            if got != want or self._sp.id_to_piece(want) != piece:
-                raise DataError(f"{where} has {piece} at id {got}, expected {want} (bertjax needs "
-                                "[PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4); train it with "
-                                "bertjax.data.tokenizer.train_tokenizer or python -m bertjax.prepare")
+            got = self._sp.id_to_piece(want) if self.vocab_size > want else None
+            if got != piece:
+                raise DataError(f"{where} has {got!r} at id {want}, expected {piece} (bertjax "
+                                "needs [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4); train it with "
+                                "bertjax.data.tokenizer.train_tokenizer or python -m "
+                                "bertjax.prepare")
 
     @classmethod
     def load(cls, path: str) -> "Tokenizer":
@@ -63,8 +65,8 @@ class Tokenizer:
           The tokenizer.
         """
         if not os.path.isfile(path):
-            raise DataError(f"tokenizer model {path} does not exist (expected a sentencepiece .model "
-                            "file written by python -m bertjax.prepare); check --tokenizer")
+            raise DataError(f"tokenizer model {path} does not exist (expected a sentencepiece "
+                            ".model file written by python -m bertjax.prepare); check --tokenizer")
         with open(path, "rb") as f:
             proto = f.read()
         try:
@@ -127,10 +129,10 @@ class Tokenizer:
             larger than the tokenizer's (padding rows are harmless), never smaller.
         """
         if self.vocab_size > model_vocab_size:
-            raise DataError(f"tokenizer {self.path or ''} has {self.vocab_size} pieces but the model "
-                            f"vocab_size is {model_vocab_size} (expected model vocab_size >= tokenizer "
-                            f"size); set --config.model.vocab_size={self.vocab_size} or prepare with "
-                            f"--vocab_size {model_vocab_size}")
+            raise DataError(f"tokenizer {self.path or ''} has {self.vocab_size} pieces but the "
+                            f"model vocab_size is {model_vocab_size} (expected model vocab_size >= "
+                            f"tokenizer size); set --config.model.vocab_size={self.vocab_size} or "
+                            f"prepare with --vocab_size {model_vocab_size}")
 
 
 def train_tokenizer(sentences: Iterable[str], vocab_size: int = 30522, model_type: str = "unigram",
@@ -152,12 +154,12 @@ def train_tokenizer(sentences: Iterable[str], vocab_size: int = 30522, model_typ
       The trained tokenizer (in memory; call `save`).
     """
     if model_type not in MODEL_TYPES:
-        raise DataError(f"tokenizer type {model_type!r} is unknown (expected one of {MODEL_TYPES}); "
-                        "pass --tokenizer_type unigram or bpe")
+        raise DataError(f"tokenizer type {model_type!r} is unknown (expected one of "
+                        f"{MODEL_TYPES}); pass --tokenizer_type unigram or bpe")
     if vocab_size <= NUM_SPECIAL:
-        raise DataError(f"vocab_size {vocab_size} leaves no room for text pieces (expected more than "
-                        f"the {NUM_SPECIAL} special tokens [PAD] [UNK] [CLS] [SEP] [MASK]); pass "
-                        "--vocab_size 30522 or another value of at least a few hundred")
+        raise DataError(f"vocab_size {vocab_size} leaves no room for text pieces (expected more "
+                        f"than the {NUM_SPECIAL} special tokens [PAD] [UNK] [CLS] [SEP] [MASK]); "
+                        "pass --vocab_size 30522 or another value of at least a few hundred")
     spm.set_random_generator_seed(seed)
     proto = io.BytesIO()
     try:
@@ -170,10 +172,10 @@ def train_tokenizer(sentences: Iterable[str], vocab_size: int = 30522, model_typ
     except RuntimeError as e:
         need = re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(e))
         if need:
-            raise DataError(f"vocab_size {vocab_size} is smaller than the {need.group(1)} characters "
-                            f"and special tokens this text needs (expected at least {need.group(1)}); "
-                            "pass a larger --vocab_size such as 30522") from None
-        raise DataError(f"sentencepiece could not train a {model_type} vocabulary of {vocab_size} on "
-                        f"this text ({str(e).strip().splitlines()[-1]}); try a different --vocab_size "
-                        "or more input text") from None
+            raise DataError(f"vocab_size {vocab_size} is smaller than the {need.group(1)} "
+                            "characters and special tokens this text needs (expected at least "
+                            f"{need.group(1)}); pass a larger --vocab_size such as 30522") from None
+        raise DataError(f"sentencepiece could not train a {model_type} vocabulary of {vocab_size} "
+                        f"on this text ({str(e).strip().splitlines()[-1]}); try a different "
+                        "--vocab_size or more input text") from None
     return Tokenizer(proto.getvalue())
