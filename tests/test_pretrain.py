@@ -1,0 +1,221 @@
+"""The pre-training command end to end: exact resume after SIGKILL, SIGTERM, a workdir of a
+different run, init_from, restore onto other meshes, and what the user gets (PNG, TensorBoard).
+
+The runs use a small slice of the embedded corpus (prepared once per session) so the tf.data
+pipeline and its iterator checkpoints are exercised for real.
+"""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from bertjax import checkpoint as ckpt_lib
+from bertjax import config as config_lib
+from bertjax import sharding
+from bertjax import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASE = ["--config.model.vocab_size=1000", "--config.data.max_documents=120",
+        "--config.global_batch_size=16", "--config.eval_batch_size=16",
+        "--config.max_seq_length=64", "--config.max_predictions=10", "--config.log_every=1",
+        "--config.progress_bar=False", "--config.optim.warmup_steps=2"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A BERTJAX_CACHE with the small embedded slice prepared once for this module."""
+    from bertjax import inputs
+    from bertjax.data import prepare as prepare_lib
+    path = tmp_path_factory.mktemp("cache")
+    c = config_lib.base_config()
+    c.model.vocab_size, c.data.max_documents = 1000, 120
+    os.environ["BERTJAX_CACHE"] = str(path)
+    try:
+        out = inputs.data_path(c)
+    finally:
+        del os.environ["BERTJAX_CACHE"]
+    prepare_lib.prepare(prepare_lib.PrepareConfig(input="embedded", output=out, vocab_size=1000,
+                                                  num_shards=8, max_documents=120, processes=1))
+    return path
+
+
+STEPS = ["--config.total_steps=12", "--config.checkpoint_every=3", "--config.eval_every=6"]
+
+
+@pytest.fixture(scope="module")
+def straight(cache, tmp_path_factory):
+    """An uninterrupted 12-step run."""
+    workdir = str(tmp_path_factory.mktemp("runs") / "straight")
+    assert _start(cache, workdir, *STEPS).wait(timeout=600) == 0
+    return workdir
+
+
+def _start(cache, workdir, *extra, devices=8):
+    env = dict(os.environ, PYTHONPATH=ROOT, BERTJAX_CACHE=str(cache),
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    log = open(os.path.join(os.path.dirname(workdir.rstrip("/")) or ".",
+                            os.path.basename(workdir.rstrip("/")) + ".log"), "a")
+    return subprocess.Popen([sys.executable, "-m", "bertjax.pretrain", f"--workdir={workdir}",
+                             *BASE, *extra], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+
+
+def _losses(workdir):
+    """step -> train loss, the last value written for each step (a resumed run rewrites)."""
+    out = {}
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        for line in f:
+            r = json.loads(line)
+            if r["split"] == "train":
+                out[r["step"]] = r["loss"]
+    return out
+
+
+def _wait_for_step(workdir, step, proc, timeout=300):
+    path = os.path.join(workdir, "metrics.jsonl")
+    end = time.time() + timeout
+    while time.time() < end:
+        assert proc.poll() is None, "run ended before it could be interrupted"
+        if os.path.exists(path) and max(_losses(workdir), default=0) >= step:
+            return
+        time.sleep(0.2)
+    raise TimeoutError(step)
+
+
+def _final_params(workdir):
+    import orbax.checkpoint as ocp
+    steps = sorted(int(p) for p in os.listdir(f"{workdir}/checkpoints") if p.isdigit())
+    restored = ocp.PyTreeCheckpointer().restore(f"{workdir}/checkpoints/{steps[-1]}/state")
+    return steps[-1], restored["params"]
+
+
+def _log(workdir):
+    with open(workdir.rstrip("/") + ".log") as f:
+        return f.read()
+
+
+def test_exact_resume_after_sigkill(cache, straight, tmp_path):
+    steps = STEPS
+    broken = str(tmp_path / "broken")
+    p = _start(cache, broken, *steps)
+    _wait_for_step(broken, 8, p)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert _start(cache, broken, *steps).wait(timeout=600) == 0
+    assert "resuming from checkpoint step" in _log(broken)
+    a, b = _losses(straight), _losses(broken)
+    assert sorted(a) == list(range(1, 13)) and sorted(b) == list(range(1, 13))
+    assert a == b  # bitwise: JSON floats round-trip exactly
+    sa, pa = _final_params(straight)
+    sb, pb = _final_params(broken)
+    assert sa == sb == 12
+    for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
+        assert np.array_equal(np.asarray(x), np.asarray(y))
+    # what the user gets: curves and TensorBoard events holding the run's loss
+    assert os.path.getsize(os.path.join(straight, "curves.png")) > 10_000
+    events = glob.glob(os.path.join(straight, "tb", "train", "events.out.tfevents.*"))
+    assert events
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(os.path.dirname(events[0]), size_guidance={"tensors": 0})
+    acc.Reload()
+    loss = [e for e in acc.Tensors("loss")]
+    assert [e.step for e in loss] == list(range(1, 13))
+    assert "most-frequent-token acc." in _log(straight)
+
+
+def test_sigterm_saves_and_next_start_resumes(cache, tmp_path):
+    workdir = str(tmp_path / "term")
+    steps = ["--config.total_steps=40", "--config.checkpoint_every=100",
+             "--config.eval_every=100"]
+    p = _start(cache, workdir, *steps)
+    _wait_for_step(workdir, 3, p)
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=120) == 0
+    saved, _ = _final_params(workdir)
+    assert 3 <= saved < 40  # saved at the step it was on, not at a cadence
+    assert _start(cache, workdir, *steps, "--config.total_steps=" + str(saved + 2)).wait(
+        timeout=600) == 0
+    assert f"resuming from checkpoint step {saved}" in _log(workdir)
+    assert _final_params(workdir)[0] == saved + 2
+
+
+def test_workdir_of_another_run_is_refused(cache, straight):
+    before = os.path.getmtime(os.path.join(straight, "metrics.jsonl"))
+    r = _start(cache, straight, *STEPS, "--config.optim.lr=0.01").wait(timeout=300)
+    assert r == 2
+    err = [l for l in _log(straight).splitlines() if l.startswith("error:")]
+    assert err and "holds a run with a different config (optim.lr: 0.005 -> 0.01)" in err[-1]
+    assert os.path.getmtime(os.path.join(straight, "metrics.jsonl")) == before
+
+
+def test_config_differences_ignore_mesh_and_length_of_run():
+    a = ckpt_lib.config_to_json(config_lib.base_config())
+    c = config_lib.base_config()
+    c.mesh.data, c.total_steps, c.accum_steps = 2, 10**6, 4
+    assert ckpt_lib.config_differences(a, ckpt_lib.config_to_json(c)) == []
+    c.model.hidden_dropout = 0.0
+    assert ckpt_lib.config_differences(a, ckpt_lib.config_to_json(c)) == [
+        "model.hidden_dropout: 0.1 -> 0.0"]
+
+
+def _tiny_config():
+    c = config_lib.base_config()
+    c.model.vocab_size = 512
+    c.max_seq_length, c.max_predictions, c.global_batch_size = 32, 5, 16
+    c.optim.warmup_steps = 1
+    c.data.source = "synthetic"
+    return c
+
+
+def test_restore_onto_other_meshes(tmp_path):
+    """Saved on 2x2x2, restored on data=8, on fsdp=4 x tensor=2 and on 4 devices."""
+    from bertjax import inputs, multihost
+    c = _tiny_config()
+    state, fns = train.build(c, sharding.make_mesh(2, 2, 2))
+    it = inputs.SyntheticIterator(c, 16)
+    step = train.jit_train_step(fns, next(inputs.SyntheticIterator(c, 16)))
+    state, _ = step(state, multihost.global_batch(next(it), train.batch_shardings(fns, next(
+        inputs.SyntheticIterator(c, 16)))))
+    ck = ckpt_lib.Checkpointer(str(tmp_path / "ck"), every=1, async_save=False)
+    ck.save(1, state, c, it, force=True)
+    ck.wait()
+    saved = jax.device_get(state.params)
+    for mesh in (sharding.make_mesh(8, 1, 1), sharding.make_mesh(1, 4, 2),
+                 sharding.make_mesh(2, 1, 2, devices=jax.devices()[:4])):
+        fresh, f2 = train.build(c, mesh)
+        restored, at = ck.restore(ckpt_lib.abstract_like(fresh, f2.state_shardings))
+        assert at == 1 and int(restored.step) == 1
+        for x, y in zip(jax.tree.leaves(saved), jax.tree.leaves(restored.params)):
+            assert np.array_equal(x, np.asarray(y))
+        kernel = restored.params["bert"]["layer_0"]["intermediate"]["kernel"]
+        assert kernel.sharding.mesh.shape == mesh.shape  # the new mesh, not the saved one
+        if len(mesh.devices.flat) == 8:
+            continue  # training on after a reshard is shown once, on 4 devices
+        b = next(inputs.SyntheticIterator(c, 16))
+        s2 = train.jit_train_step(f2, b)
+        restored, m = s2(restored, multihost.global_batch(b, train.batch_shardings(f2, b)))
+        assert np.isfinite(float(m["loss"])) and int(restored.step) == 2
+    ck.close()
+
+
+def test_init_from_takes_parameters_with_a_fresh_optimizer(straight):
+    phase1 = straight
+    from bertjax import loop
+    c = _tiny_config()
+    c.model.vocab_size = 1000
+    state, fns = train.build(c, sharding.make_mesh(8, 1, 1))
+    state = loop.init_params_from(phase1, state, fns.state_shardings)
+    _, p1 = _final_params(phase1)
+    for x, y in zip(jax.tree.leaves(p1), jax.tree.leaves(state.params)):
+        assert np.array_equal(np.asarray(x), np.asarray(y))
+    assert int(state.step) == 0
+    assert all(float(np.abs(np.asarray(x)).max()) == 0.0
+               for x in jax.tree.leaves(state.opt_state[1].mu))
