@@ -1,8 +1,9 @@
 """Input-pipeline throughput: `python -m bertjax.data.bench [--data DIR] [--seconds 10]`.
 
 Prints examples/s and non-padding tokens/s at seq 128 and 512 (NSP pairs + dynamic masking), once
-with a single tf.data thread (the per-core figure) and once with all cores. Without --data it
-prepares the embedded corpus (Python stdlib docstrings) once into a cache directory.
+with a single tf.data thread (the per-core figure) and once with all cores; with --stats also the
+masking and NSP statistics. Without --data it prepares the embedded corpus (Python stdlib
+docstrings) once into a cache directory.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ import sys
 import tempfile
 import time
 
+import numpy as np
+
 from bertjax.data import prepare as prepare_lib
 from bertjax.data import pretraining
 from bertjax.data.errors import DataError
+from bertjax.data.tokenizer import MASK_ID, NUM_SPECIAL
 
 
 def measure(data: str, seq_len: int, max_predictions: int, batch_size: int, seconds: float,
@@ -46,11 +50,48 @@ def measure(data: str, seq_len: int, max_predictions: int, batch_size: int, seco
     return examples / elapsed, tokens / elapsed
 
 
+def statistics(data: str, seq_len: int, max_predictions: int, min_masked: int = 100_000,
+               **kwargs) -> dict[str, float]:
+    """Masking and pairing statistics over at least `min_masked` masked tokens.
+
+    Args:
+      data: prepared directory.
+      seq_len, max_predictions: pipeline shapes.
+      min_masked: stop once this many tokens were masked.
+      **kwargs: more make_pretraining_iterator arguments (nsp, whole_word, seed, ...).
+
+    Returns:
+      masked_share (of regular tokens), mask/random/keep shares of the masked tokens,
+      is_random_next share, mean_length (non-padding tokens), masked count.
+    """
+    it = pretraining.make_pretraining_iterator(data, batch_size=64, seq_len=seq_len,
+                                               max_predictions=max_predictions, **kwargs)
+    n = regular = as_mask = kept = random_next = examples = length = 0
+    while n < min_masked:
+        b = next(it)
+        used = b["masked_lm_weights"] > 0
+        rows = np.nonzero(used)[0]
+        seen = b["input_ids"][rows, b["masked_lm_positions"][used]]
+        label = b["masked_lm_ids"][used]
+        n += len(label)
+        as_mask += int((seen == MASK_ID).sum())
+        kept += int((seen == label).sum())
+        regular += int((b["input_ids"] >= NUM_SPECIAL).sum() + (seen == MASK_ID).sum())
+        random_next += int(b["next_sentence_labels"].sum())
+        examples += len(b["input_ids"])
+        length += int(b["input_mask"].sum())
+    return {"masked_share": n / regular, "mask": as_mask / n, "keep": kept / n,
+            "random": 1 - (as_mask + kept) / n, "is_random_next": random_next / examples,
+            "mean_length": length / examples, "masked": n}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="prepared directory (default: the embedded corpus)")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--stats", action="store_true",
+                        help="also print masking/NSP statistics over 100k masked tokens")
     args = parser.parse_args()
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
     try:
@@ -67,6 +108,12 @@ def main() -> None:
                 per = 1 if threads == 1 else cores
                 print(f"seq {seq_len:4d} {label:>9}: {ex:9.0f} examples/s {tok:11.0f} tokens/s  "
                       f"({ex / per:8.0f} examples/s/core, {tok / per:10.0f} tokens/s/core)")
+            if args.stats:
+                for nsp, whole_word in ((True, False), (True, True), (False, False)):
+                    st = statistics(data, seq_len, preds, nsp=nsp, whole_word=whole_word)
+                    print(f"  nsp={nsp!s:5} whole_word={whole_word!s:5} " + " ".join(
+                        f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                        for k, v in st.items()))
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

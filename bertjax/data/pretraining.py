@@ -161,6 +161,9 @@ class DataIterator:
     def save(self, path: str) -> str:
         """Writes the iterator state (shuffle buffers included) under the prefix `path`.
 
+        Call it between two `next` calls from the thread that iterates (not from a background
+        thread while batches are being taken), so the state is the one of a batch boundary.
+
         Args:
           path: checkpoint prefix, e.g. f"{ckpt_dir}/data_host{host_index}" (the directory must
             exist).
