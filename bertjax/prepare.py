@@ -66,6 +66,10 @@ def main(argv: list[str]) -> None:
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: complete shards are kept; rerun the same command to resume",
+              file=sys.stderr)
+        sys.exit(130)
     if meta is None:
         print("this worker is done; metadata.json is written when every worker has finished")
         return
