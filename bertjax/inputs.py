@@ -37,7 +37,7 @@ class SyntheticIterator:
                  num_batches: int | None = None):
         self._args = (batch_size, config.max_seq_length, config.max_predictions,
                       config.model.vocab_size)
-        self._seed = [config.seed, multihost.process_index(), seed_offset]
+        self._seed = [config.seed, seed_offset]
         self.num_batches = num_batches
         self.reset()
 
@@ -52,9 +52,14 @@ class SyntheticIterator:
         if self.num_batches is not None and self._taken >= self.num_batches:
             raise StopIteration
         self._taken += 1
-        b = synthetic.batch(self._rng, *self._args)
+        # The global batch is drawn and this host keeps its rows, so the global order does not
+        # depend on the number of processes (1 x 8 devices == 2 x 4 devices, step for step).
+        local, rest = self._args[0], self._args[1:]
+        n, i = multihost.process_count(), multihost.process_index()
+        full = synthetic.batch(self._rng, local * n, *rest)
+        b = {k: v[i * local:(i + 1) * local] for k, v in full.items()}
         if self.num_batches is not None:
-            b["example_mask"] = np.ones(self._args[0], np.float32)
+            b["example_mask"] = np.ones(local, np.float32)
         return b
 
     def save(self, path: str) -> str:

@@ -93,6 +93,31 @@ def init_params_from(path: str, state: train.TrainState, shardings: Any) -> trai
     return state.replace(params=restored["params"])
 
 
+def host_facts(config: Any) -> dict[str, Any]:
+    """What every host must agree on: each config value, the code, the data files."""
+    import hashlib
+
+    def flat(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                yield from flat(v, f"{prefix}{k}.")
+            else:
+                yield f"config.{prefix}{k}", v
+
+    facts = dict(flat(ckpt_lib.config_to_json(config)))
+    pkg = os.path.dirname(os.path.abspath(__file__))
+    code = hashlib.sha256()
+    for root, _, files in sorted(os.walk(pkg)):
+        for name in sorted(f for f in files if f.endswith(".py")):
+            with open(os.path.join(root, name), "rb") as f:
+                code.update(f.read())
+    facts["code version"] = code.hexdigest()
+    path = inputs.data_path(config)
+    if path and os.path.isdir(path):
+        facts["data files"] = sorted(os.listdir(path))
+    return facts
+
+
 def evaluate(eval_fn, params, it, shardings) -> dict[str, float]:
     """One pass over the fixed eval set; sums first, then ratios."""
     it.reset()
@@ -154,8 +179,9 @@ def run(config: Any, workdir: str, allow_config_change: bool = False) -> dict[st
     chief = multihost.is_chief()
     writer = report.MetricsWriter(workdir, enabled=chief)
 
-    # 2. build
+    # 2. build (after every host agrees on config, code and data files)
     inputs.ensure_prepared(config)
+    multihost.check_hosts_agree(host_facts(config))
     train_it, eval_it = inputs.train_iterator(config), inputs.eval_iterator(config)
     mesh = sharding.make_mesh(*shape)
     state, fns = train.build(config, mesh)

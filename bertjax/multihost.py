@@ -6,10 +6,62 @@ Turns each host's local numpy batch into one global jax.Array sharded on the mes
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
 from typing import Any
 
 import jax
 import numpy as np
+
+
+class ClusterError(RuntimeError):
+    """Hosts disagree, or the distributed runtime could not start; the message says which."""
+
+
+def initialize(coordinator: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, timeout_s: int = 300,
+               heartbeat_timeout_s: int = 60) -> None:
+    """Starts JAX's multi-controller runtime when this is one of several processes.
+
+    Explicit arguments win; then BERTJAX_COORDINATOR / BERTJAX_NUM_PROCESSES /
+    BERTJAX_PROCESS_ID (set by launch/local.py and the k8s manifest); then auto-detection on
+    TPU VMs and under SLURM (jax.distributed's cluster detection). A single process with none of
+    these does nothing. CPU processes use gloo collectives.
+
+    Args:
+      coordinator: "host:port" of process 0's coordination service.
+      num_processes, process_id: the job's size and this process's index.
+      timeout_s: how long to wait for every process to join.
+      heartbeat_timeout_s: after this long without a heartbeat a process counts as lost and the
+        others stop with an error instead of hanging.
+    """
+    env = os.environ
+    coordinator = coordinator or env.get("BERTJAX_COORDINATOR")
+    if num_processes is None and env.get("BERTJAX_NUM_PROCESSES"):
+        num_processes = int(env["BERTJAX_NUM_PROCESSES"])
+    if process_id is None and env.get("BERTJAX_PROCESS_ID"):
+        process_id = int(env["BERTJAX_PROCESS_ID"])
+    auto = (int(env.get("SLURM_NTASKS", "1")) > 1 or bool(env.get("TPU_WORKER_HOSTNAMES"))
+            or bool(env.get("MEGASCALE_COORDINATOR_ADDRESS")))
+    if not coordinator and not auto:
+        return
+    if num_processes is not None and num_processes <= 1 and not auto:
+        return
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                                   process_id=process_id, initialization_timeout=timeout_s,
+                                   heartbeat_timeout_seconds=heartbeat_timeout_s)
+    except Exception as e:  # the runtime's own message, in one line
+        raise ClusterError(f"jax.distributed.initialize(coordinator={coordinator}, "
+                           f"num_processes={num_processes}, process_id={process_id}) failed: "
+                           f"{str(e).splitlines()[0]}; check that every process was started "
+                           "with the same coordinator and count") from None
+    logging.warning("process %d of %d: %d local devices, %d global devices",
+                    jax.process_index(), jax.process_count(), jax.local_device_count(),
+                    jax.device_count())
 
 
 def process_index() -> int:
@@ -59,3 +111,33 @@ def barrier(name: str) -> None:
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices(name)
+
+
+def _digest(value: Any) -> int:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little") & 0x7FFFFFFF
+
+
+def check_hosts_agree(facts: dict[str, Any]) -> None:
+    """Stops every host, naming what differs, unless all hosts hold the same facts.
+
+    Args:
+      facts: name -> JSON-able value (e.g. {"config.optim.lr": ..., "code": ..., "data": [...]}),
+        the same names on every host. Run before anything is compiled.
+    """
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+    names = sorted(facts)
+    mine = np.array([_digest(len(names))] + [_digest(facts[n]) for n in names], np.int32)
+    sizes = multihost_utils.process_allgather(np.array([len(mine)], np.int32))
+    if len(set(np.asarray(sizes).reshape(-1).tolist())) != 1:
+        raise ClusterError("hosts hold different sets of settings (different code versions?); "
+                           "start every host from the same checkout")
+    every = np.asarray(multihost_utils.process_allgather(mine))  # [hosts, 1 + facts]
+    differ = [names[i - 1] for i in range(1, every.shape[1]) if len(set(every[:, i])) > 1]
+    if differ:
+        raise ClusterError(f"hosts disagree on {', '.join(differ[:5])}"
+                           f"{' ...' if len(differ) > 5 else ''} (this is process "
+                           f"{jax.process_index()}: {differ[0]}={facts[differ[0]]!r}); start "
+                           "every host with the same flags, code and data")

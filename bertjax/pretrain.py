@@ -17,6 +17,11 @@ _CONFIG = cli.define_config(os.path.normpath(_DEFAULT_CONFIG),
 _WORKDIR = flags.DEFINE_string("workdir", "runs/bert_tiny", "Where checkpoints and logs go.")
 _ALLOW = flags.DEFINE_bool("allow_config_change", False,
                            "Resume a workdir even though its saved config differs.")
+_COORD = flags.DEFINE_string("coordinator_address", None,
+                             "host:port of process 0 (multi-process runs; else auto-detected).")
+_NPROC = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
+_PROC_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_INIT_TIMEOUT = flags.DEFINE_integer("init_timeout", 300, "Seconds to wait for all processes.")
 _DEBUG = flags.DEFINE_bool("debug", False, "Show full tracebacks for configuration errors.")
 
 
@@ -25,10 +30,12 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments {argv[1:]}; use --config.key=value")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from bertjax import loop  # after flag parsing: jax starts here
+    from bertjax import multihost
 
     try:
+        multihost.initialize(_COORD.value, _NPROC.value, _PROC_ID.value, _INIT_TIMEOUT.value)
         loop.run(cli.config_value(_CONFIG), _WORKDIR.value, _ALLOW.value)
-    except config_lib.ConfigError as e:
+    except (config_lib.ConfigError, multihost.ClusterError) as e:
         if _DEBUG.value:
             raise
         cli.fail(str(e))

@@ -10,10 +10,13 @@ def get_config(arg: str | None = None):
     args = parse_arg(arg, runlocal=False)
     c = base_config()
     c.model.preset = "tiny"
+    c.model.vocab_size = 8192  # the embedded corpus (a few MB) supports a vocabulary this size
     c.global_batch_size = 64
     c.max_seq_length = 128
     c.max_predictions = 20
-    c.total_steps = 300
+    c.total_steps = 400
+    c.eval_every = 100
+    c.checkpoint_every = 100
     c.optim.lr = 5e-3
     c.optim.warmup_steps = 30
     if args.runlocal:
