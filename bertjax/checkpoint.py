@@ -119,7 +119,9 @@ class Checkpointer:
 
     def __init__(self, directory: str, every: int, keep: int = 3,
                  keep_period: int | None = None, async_save: bool = True):
-        self.directory = os.fspath(directory)
+        directory = os.fspath(directory)
+        # orbax wants absolute paths; gs:// and other URLs are absolute already
+        self.directory = directory if "://" in directory else os.path.abspath(directory)
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=max(every, 1), max_to_keep=keep, keep_period=keep_period,
             enable_async_checkpointing=async_save, create=True)
