@@ -1,0 +1,178 @@
+"""bertjax/bench.py: the FLOPs formula against independent counts, and one tiny end-to-end run.
+
+The formula is checked two ways on a toy geometry where every term matters (attention is
+~14% of the forward, the MLM head ~5%, and a dense head would add ~25%): exactly against the
+matmul FLOPs read off the jaxpr of the real model (every dot_general: 2 x output size x
+contracted size), for the forward and for the gradient; and within 12% against XLA's own
+cost analysis of the compiled forward, which also counts elementwise work (hence the slack).
+No timing is asserted: only that the measured numbers are consistent with each other.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bertjax import bench
+from bertjax import config as config_lib
+from bertjax import model as model_lib
+
+TOY = model_lib.BertConfig(vocab_size=1000, hidden_size=128, num_layers=2, num_heads=2,
+                           intermediate_size=512, max_position_embeddings=128,
+                           hidden_dropout=0.0, attention_dropout=0.0)
+B, L, P = 2, 128, 20
+
+
+def _dot_flops(jaxpr) -> int:
+    """FLOPs of every dot_general in a jaxpr, nested jaxprs (pjit, custom_vjp, ...) included."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            (contract, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            total += 2 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[d] for d in contract)
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (list, tuple)) else (value,):
+                if hasattr(sub, "jaxpr") and hasattr(sub, "consts"):  # ClosedJaxpr
+                    total += _dot_flops(sub.jaxpr)
+                elif hasattr(sub, "eqns"):  # Jaxpr
+                    total += _dot_flops(sub)
+    return total
+
+
+@pytest.fixture(scope="module")
+def toy():
+    module = model_lib.BertForPreTraining(TOY)
+    ids = jnp.ones((B, L), jnp.int32)
+    positions = jnp.tile(jnp.arange(P, dtype=jnp.int32)[None] * 3, (B, 1))
+    # Shapes only: tracing and lowering need no parameter values.
+    params = nn.meta.unbox(jax.eval_shape(
+        lambda r: module.init(r, ids, ids, ids, positions)["params"], jax.random.PRNGKey(0)))
+
+    def forward(p):
+        return module.apply({"params": p}, ids, ids, ids * 0, positions)
+
+    def loss(p):
+        mlm, nsp = forward(p)
+        return jnp.sum(mlm) + jnp.sum(nsp)
+
+    return params, forward, loss
+
+
+def test_forward_flops_equal_the_models_matmuls(toy):
+    params, forward, _ = toy
+    counted = _dot_flops(jax.make_jaxpr(forward)(params).jaxpr)
+    formula = bench.model_flops(TOY, B, L, P, training=False)
+    assert formula["total"] == pytest.approx(counted, rel=1e-9)
+    # The test can tell a wrong formula: a dense MLM head or a forgotten attention term is off.
+    dense_head = bench.model_flops(TOY, B, L, L, training=False)["total"]
+    assert abs(dense_head / counted - 1) > 0.15
+    assert abs((formula["total"] - formula["attention"]) / counted - 1) > 0.1
+
+
+def test_training_flops_are_three_forwards_of_the_gradient(toy):
+    params, _, loss = toy
+    counted = _dot_flops(jax.make_jaxpr(jax.grad(loss))(params).jaxpr)
+    assert bench.model_flops(TOY, B, L, P)["total"] == pytest.approx(counted, rel=1e-9)
+
+
+def test_forward_flops_within_xla_cost_analysis(toy):
+    params, forward, _ = toy
+    cost = jax.jit(forward).lower(params).cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    ratio = bench.model_flops(TOY, B, L, P, training=False)["total"] / cost["flops"]
+    # XLA also counts elementwise ops (GELU, LayerNorm, softmax, masking), which the model
+    # FLOPs leave out: the formula is a little below XLA's count, never above it.
+    assert 0.88 < ratio <= 1.001, ratio
+
+
+def test_peak_table_matches_device_kinds():
+    assert bench.table_peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert bench.table_peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert bench.table_peak_flops("NVIDIA H200") == 989e12
+    assert bench.table_peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
+    assert bench.table_peak_flops("cpu") is None
+
+
+def _tiny_config(**overrides):
+    c = config_lib.base_config()
+    bench.apply_overrides(c, **dict(dict(preset="tiny", batch=16, seq_len=32,
+                                         max_predictions=5, mesh="2,2,2", steps=3), **overrides))
+    c.model.vocab_size = 1000
+    return c
+
+
+def test_tiny_run_on_the_8_device_mesh_is_consistent(tmp_path):
+    config = _tiny_config()
+    r = bench.run(config, steps=2, warmup=1, matmul_size=256)
+    path = tmp_path / "bench.json"
+    bench.write_json(r, str(path))
+    loaded = json.loads(path.read_text())
+    assert loaded["setup"]["batch"] == 16 and loaded["setup"]["seq_len"] == 32
+    assert loaded["num_devices"] == 8 and loaded["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2}
+
+    step = loaded["step_time_s"]
+    assert len(loaded["step_times_s"]) == 2 and step > 0
+    assert step == pytest.approx(np.median(loaded["step_times_s"]))
+    assert loaded["tokens_per_s"] == pytest.approx(16 * 32 / step)
+    assert loaded["sequences_per_s"] == pytest.approx(16 / step)
+    cfg = config_lib.model_config(config)
+    assert loaded["flops_per_step"] == bench.model_flops(cfg, 16, 32, 5)["total"]
+    assert loaded["achieved_flops_per_s"] == pytest.approx(loaded["flops_per_step"] / step)
+    # On CPU the reference is the matmul measured in the same run; there is no datasheet.
+    assert loaded["table_peak_flops_per_s"] is None
+    assert loaded["peak_flops_per_s"] == loaded["measured_matmul_flops_per_s"] > 0
+    assert loaded["mfu"] == pytest.approx(loaded["achieved_flops_per_s"]
+                                          / loaded["peak_flops_per_s"])
+    assert loaded["compile_s"] == pytest.approx(loaded["lower_s"] + loaded["xla_compile_s"])
+    assert np.isfinite(loaded["final_loss"]) and loaded["final_loss"] > 0
+
+    # Per-device memory holds at least this device's share of params + two Adam moments.
+    mem = loaded["memory"]
+    assert mem["source"] == "compiled.memory_analysis()"
+    state_bytes = 3 * 4 * loaded["setup"]["num_params"]
+    assert mem["peak_bytes"] >= state_bytes / 8
+    assert mem["compiled"]["argument"] >= state_bytes / 8
+
+
+def test_bad_inputs_stop_before_any_compile():
+    with pytest.raises(config_lib.ConfigError, match="attention_dropout=0"):
+        _tiny_config(attention_impl="cudnn")
+    with pytest.raises(config_lib.ConfigError, match="--mesh"):
+        _tiny_config(mesh="2x2x2")
+    with pytest.raises(config_lib.ConfigError, match="global_batch_size"):
+        bench.run(_tiny_config(batch=10), steps=1, warmup=0)  # 10 rows, 4 batch shards
+
+
+def test_module_imports_neither_torch_nor_tensorflow():
+    code = ("import sys, bertjax.bench; bad = [m for m in ('torch', 'tensorflow', "
+            "'transformers') if m in sys.modules]; sys.exit(f'imported {bad}' if bad else 0)")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, env=env)
+
+
+def test_compare_labels_are_dense_with_ignore_index_except_at_masked_positions():
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from bertjax import bench_compare
+    from bertjax import synthetic
+    batch = synthetic.batch(np.random.default_rng(0), 4, 32, 6, 1000)
+    labels = bench_compare.hf_inputs(batch)["labels"]  # [B, L]
+    expected = np.full((4, 32), bench_compare.IGNORE)
+    for i in range(4):
+        for pos, label, w in zip(batch["masked_lm_positions"][i], batch["masked_lm_ids"][i],
+                                 batch["masked_lm_weights"][i]):
+            if w > 0:
+                expected[i, pos] = label
+    np.testing.assert_array_equal(labels, expected)
+    assert (labels != bench_compare.IGNORE).sum() == batch["masked_lm_weights"].sum() > 0
