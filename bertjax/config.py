@@ -92,6 +92,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.max_seq_length = 128
     c.max_predictions = 20
     c.total_steps = 1000
+    c.max_nonfinite_steps = 10  # skip steps with NaN/inf loss or gradient; stop after this many in a row (0: no guard)
     c.nsp = True  # False: MLM-only (RoBERTa style); the NSP head then gets no loss
 
     c.data = ml_collections.ConfigDict()
@@ -102,6 +103,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.short_seq_prob = 0.1
     c.data.shuffle_buffer = 2048
     c.data.max_documents = 0  # embedded only: keep the first N documents (tests, demos)
+    c.data.inject_nan_from = 0  # synthetic only, for fault tests: NaN weights from this batch on
 
     c.init_from = ""  # a bertjax workdir or checkpoint step dir: parameters only
     c.eval_every = 200

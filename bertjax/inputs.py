@@ -39,6 +39,7 @@ class SyntheticIterator:
                       config.model.vocab_size)
         self._seed = [config.seed, seed_offset]
         self.num_batches = num_batches
+        self._nan_from = config.data.inject_nan_from
         self.reset()
 
     def reset(self) -> None:
@@ -60,6 +61,8 @@ class SyntheticIterator:
         b = {k: v[i * local:(i + 1) * local] for k, v in full.items()}
         if self.num_batches is not None:
             b["example_mask"] = np.ones(local, np.float32)
+        elif self._nan_from and self._taken >= self._nan_from:
+            b["masked_lm_weights"] = np.full_like(b["masked_lm_weights"], np.nan)
         return b
 
     def save(self, path: str) -> str:

@@ -30,6 +30,10 @@ from bertjax import sharding
 from bertjax import train
 
 
+class NonFiniteError(RuntimeError):
+    """Too many consecutive steps with a non-finite loss or gradient."""
+
+
 class Preempted:
     """Turns SIGTERM into a flag the loop checks after each step."""
 
@@ -250,6 +254,16 @@ def run(config: Any, workdir: str, allow_config_change: bool = False) -> dict[st
         batch = None
         if pending is not None:  # step t is queued; reading t-1 now does not stall the device
             last = drain(pending)
+            if config.max_nonfinite_steps and last["bad_streak"] >= config.max_nonfinite_steps:
+                ckpt.close()  # let an in-flight save of a good step finish first
+                raise NonFiniteError(
+                    f"{int(last['bad_streak'])} steps in a row up to step {pending[0]} had a "
+                    "non-finite loss or gradient (each was skipped); the run stops with its last "
+                    f"checkpoint ({ckpt.latest_step()}) intact; lower config.optim.lr, check the "
+                    "data, or use model.dtype=float32")
+            if last["bad_streak"] > 0:
+                logging.warning("step %d: non-finite loss or gradient, update skipped",
+                                pending[0])
         pending = (step + 1, metrics)
         done = step + 1
         if done % config.eval_every == 0 or done == config.total_steps:

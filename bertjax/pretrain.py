@@ -35,7 +35,7 @@ def main(argv):
     try:
         multihost.initialize(_COORD.value, _NPROC.value, _PROC_ID.value, _INIT_TIMEOUT.value)
         loop.run(cli.config_value(_CONFIG), _WORKDIR.value, _ALLOW.value)
-    except (config_lib.ConfigError, multihost.ClusterError) as e:
+    except (config_lib.ConfigError, multihost.ClusterError, loop.NonFiniteError) as e:
         if _DEBUG.value:
             raise
         cli.fail(str(e))

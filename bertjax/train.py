@@ -38,6 +38,7 @@ class TrainState:
     params: Any
     opt_state: Any
     rng: jax.Array  # [2] uint32 raw key; per-step keys are folded in, never split on the host
+    bad_streak: jax.Array  # [] int32 consecutive steps skipped for a non-finite loss/gradient
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +53,7 @@ class StepFns:
     state_shardings: TrainState
     accum_steps: int = 1
     nsp: bool = True
+    skip_nonfinite: bool = True
 
 
 def _dummy_inputs(seq_len: int, max_predictions: int) -> tuple[jax.Array, ...]:
@@ -86,14 +88,16 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, mesh:
     opt_sh = sharding.like_params_shardings(opt_abs, jax.tree.structure(params_abs), params_sh,
                                             mesh)
     repl = sharding.replicated(mesh)
-    shardings = TrainState(step=repl, params=params_sh, opt_state=opt_sh, rng=repl)
+    shardings = TrainState(step=repl, params=params_sh, opt_state=opt_sh, rng=repl,
+                           bad_streak=repl)
 
     def init(key):
         init_key, run_key = jax.random.split(key)
         variables = model.init({"params": init_key}, *_dummy_inputs(seq_len, max_predictions))
         params = nn.meta.unbox(variables["params"])
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=tx.init(params), rng=run_key)
+                          opt_state=tx.init(params), rng=run_key,
+                          bad_streak=jnp.zeros((), jnp.int32))
 
     state = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(seed))
     return state, shardings
@@ -154,16 +158,28 @@ def train_step(state: TrainState, batch: Batch, fns: StepFns) -> tuple[TrainStat
         zeros = (jax.tree.map(jnp.zeros_like, state.params), (stats, dict(stats)))
         (grads, aux), _ = jax.lax.scan(body, zeros, (jnp.arange(fns.accum_steps), micro))
     mlm, nsp = aux
+    loss = mlm["loss_sum"] / mlm_denom + nsp["loss_sum"] / nsp_denom
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = fns.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    bad_streak = jnp.zeros((), jnp.int32)
+    if fns.skip_nonfinite:
+        # A non-finite loss or gradient leaves parameters and optimizer state as they were; the
+        # step counter still advances (with the data) so the next step draws new dropout.
+        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        params, opt_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old),
+                                         (params, opt_state), (state.params, state.opt_state))
+        bad_streak = jnp.where(ok, 0, state.bad_streak + 1)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              bad_streak=bad_streak)
     metrics = {
-        "loss": mlm["loss_sum"] / mlm_denom + nsp["loss_sum"] / nsp_denom,
+        "loss": loss,
+        "bad_streak": bad_streak,
         "mlm_loss": mlm["loss_sum"] / mlm_denom,
         "mlm_accuracy": mlm["correct"] / mlm_denom,
         "nsp_loss": nsp["loss_sum"] / nsp_denom,
         "nsp_accuracy": nsp["correct"] / nsp_denom,
-        "grad_norm": optax.tree.norm(grads),
+        "grad_norm": grad_norm,
         "learning_rate": fns.schedule(state.step),
         "mlm_count": mlm["count"],
     }
@@ -223,7 +239,8 @@ def build(config: Any, mesh: Mesh) -> tuple[TrainState, StepFns]:
     rules = tuple(tuple(r) for r in config.sharding.rules)
     state, shardings = create_train_state(model, tx, mesh, rules, config.seed)
     fns = StepFns(model=model, tx=tx, schedule=schedule, mesh=mesh, rules=rules,
-                  state_shardings=shardings, accum_steps=config.accum_steps, nsp=config.nsp)
+                  state_shardings=shardings, accum_steps=config.accum_steps, nsp=config.nsp,
+                  skip_nonfinite=config.max_nonfinite_steps > 0)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info("model %s: %s parameters on mesh %s", config.model.preset, f"{n_params:,}",
                  dict(mesh.shape))

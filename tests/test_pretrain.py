@@ -219,3 +219,21 @@ def test_init_from_takes_parameters_with_a_fresh_optimizer(straight):
     assert int(state.step) == 0
     assert all(float(np.abs(np.asarray(x)).max()) == 0.0
                for x in jax.tree.leaves(state.opt_state[1].mu))
+
+
+def test_consecutive_nonfinite_steps_stop_the_run_with_checkpoint_intact(tmp_path):
+    from bertjax import loop
+    c = _tiny_config()
+    c.total_steps, c.checkpoint_every, c.eval_every = 20, 2, 100
+    c.data.inject_nan_from, c.max_nonfinite_steps, c.progress_bar = 4, 3, False
+    c.async_checkpoints, c.log_every = False, 1
+    with pytest.raises(loop.NonFiniteError, match="3 steps in a row up to step 6"):
+        loop.run(c, str(tmp_path / "nan"))
+    ck = ckpt_lib.Checkpointer(str(tmp_path / "nan" / "checkpoints"), every=2)
+    latest = ck.latest_step()
+    ck.close()
+    # steps 4.. were skipped: checkpoints after step 3 hold the parameters of step 3
+    assert latest is not None and latest <= 6
+    with open(tmp_path / "nan" / "metrics.jsonl") as f:
+        rows = [json.loads(l) for l in f]
+    assert [r["bad_streak"] for r in rows if r["split"] == "train"][:6] == [0, 0, 0, 1, 2, 3]

@@ -137,3 +137,27 @@ def test_loss_only_counts_masked_positions():
     _, l1, _ = _run(c, mesh, [b])
     _, l2, _ = _run(c, mesh, [b2])
     assert l1 == l2
+
+
+def test_nonfinite_step_is_skipped_and_counted():
+    # no warmup: the optimizer's own schedule counts only the updates that were applied
+    c = _config(**{"model.hidden_dropout": 0.0, "model.attention_dropout": 0.0,
+                   "optim.warmup_steps": 0})
+    mesh = sharding.make_mesh(8, 1, 1)
+    state, fns = train.build(c, mesh)
+    good, bad = _batches(c, 2)
+    bad["masked_lm_weights"] = np.full_like(bad["masked_lm_weights"], np.nan)
+    step = train.jit_train_step(fns, good)
+    sh = train.batch_shardings(fns, good)
+    before = jax.device_get(state.params)
+    state, m = step(state, multihost.global_batch(bad, sh))
+    assert not np.isfinite(float(m["loss"])) and int(m["bad_streak"]) == 1
+    assert int(state.step) == 1
+    for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(state.params)):
+        assert np.array_equal(x, np.asarray(y))
+    state, m = step(state, multihost.global_batch(bad, sh))
+    assert int(state.bad_streak) == 2
+    state, m = step(state, multihost.global_batch(good, sh))
+    assert np.isfinite(float(m["loss"])) and int(state.bad_streak) == 0
+    assert not np.array_equal(jax.tree.leaves(before)[0], np.asarray(jax.tree.leaves(
+        state.params)[0]))
