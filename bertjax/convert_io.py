@@ -1,0 +1,280 @@
+"""Directory-level conversion: HF / google-research checkpoints -> bertjax workdir, and back.
+
+An imported workdir is what the pre-training command writes, so ``--config.init_from=WORKDIR``
+takes its parameters::
+
+  WORKDIR/checkpoints/0/{state,config}   orbax: a full TrainState (fresh optimizer) + run config
+  WORKDIR/model_config.json              the bertjax BertConfig, the HF config, the import report
+  WORKDIR/vocab.txt, tokenizer_config.json, special_tokens_map.json   (when the source has them)
+
+Nothing is half-written: every output is assembled in a hidden sibling directory and renamed
+into place at the end; on any error the sibling is removed and the output path never appears.
+
+Tensor-level mapping lives in bertjax/convert.py; this module only reads and writes directories.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from flax import traverse_util
+
+from bertjax import convert
+from bertjax import model as model_lib
+from bertjax import wordpiece
+
+MODEL_CONFIG = "model_config.json"
+
+
+class ConvertError(ValueError):
+    """Bad conversion input; the message is one line naming what is wrong."""
+
+
+@dataclasses.dataclass
+class ImportSummary:
+    """What an import did (printed by the CLI)."""
+
+    workdir: str
+    cfg: model_lib.BertConfig
+    report: convert.ConversionReport
+    ignored: list[str]
+    do_lower_case: bool | None
+
+
+def _atomic_dir(output: str, fill: Callable[[str], None]) -> None:
+    """Runs ``fill(tmp)`` on a fresh sibling of ``output`` and renames it to ``output``."""
+    output = os.path.abspath(output)
+    if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)):
+        raise ConvertError(f"--output={output} already exists and is not empty; choose a new "
+                           "directory (nothing is overwritten)")
+    parent = os.path.dirname(output)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.tmp-", dir=parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the output should not be
+        fill(tmp)
+        if os.path.isdir(output):
+            os.rmdir(output)  # empty, checked above
+        os.rename(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _read_source(kind: str, directory: str) -> tuple[dict, dict[str, np.ndarray], str]:
+    """(config dict, tensors under HF names, what to call the source) for hf or tf input."""
+    if not os.path.isdir(directory):
+        raise ConvertError(f"--input={directory} is not a directory")
+    try:
+        if kind == "hf":
+            config, tensors = convert.load_hf_checkpoint(directory)
+        elif kind == "tf":
+            config, tensors = convert.load_tf_checkpoint(directory)
+        else:
+            raise ConvertError(f"--from={kind!r}; expected 'hf' or 'tf'")
+    except (FileNotFoundError, json.JSONDecodeError) as e:
+        raise ConvertError(str(e).splitlines()[0]) from None
+    return config, tensors, kind
+
+
+def _init_params(cfg: model_lib.BertConfig, seed: int = 0) -> Any:
+    """Fresh bertjax parameters (numpy), the source of heads a checkpoint lacks."""
+    import flax.linen as nn
+    import jax.numpy as jnp
+
+    ids = jnp.zeros((1, 1), jnp.int32)
+    init = jax.jit(lambda key: nn.meta.unbox(model_lib.BertForPreTraining(cfg).init(
+        key, ids, jnp.ones_like(ids), ids, ids)["params"]))
+    return jax.tree.map(np.asarray, init(jax.random.key(seed)))
+
+
+def _casing(directory: str, do_lower_case: bool | None) -> dict[str, Any]:
+    """Tokenizer settings: the flag, else tokenizer_config.json, else the google-research
+    directory name (uncased_L-12_H-768_A-12 / cased_L-12_H-768_A-12)."""
+    settings = wordpiece.read_tokenizer_config(directory)
+    if do_lower_case is not None:
+        settings["do_lower_case"] = do_lower_case
+    elif "do_lower_case" not in settings:
+        name = os.path.basename(os.path.normpath(directory)).lower()
+        if "uncased" in name:
+            settings["do_lower_case"] = True
+        elif "cased" in name:
+            settings["do_lower_case"] = False
+    return settings
+
+
+def run_config_for(cfg: model_lib.BertConfig) -> Any:
+    """A pre-training run config whose model is ``cfg`` (preset name when the sizes match one;
+    the explicit sizes are recorded as well)."""
+    from bertjax import config as config_lib
+
+    c = config_lib.base_config()
+    sizes = (cfg.num_layers, cfg.hidden_size, cfg.num_heads)
+    preset = next((name for name, s in model_lib.PRESETS.items()
+                   if s == sizes and cfg.intermediate_size == 4 * cfg.hidden_size), "custom")
+    m = c.model
+    m.preset = preset
+    for key in ("vocab_size", "max_position_embeddings", "type_vocab_size", "hidden_act",
+                "dtype", "param_dtype", "attention_impl"):
+        m[key] = getattr(cfg, key)
+    m.hidden_dropout, m.attention_dropout = cfg.hidden_dropout, cfg.attention_dropout
+    for key in ("num_layers", "hidden_size", "num_heads", "intermediate_size"):
+        m[key] = getattr(cfg, key)
+    return c
+
+
+def save_workdir_state(directory: str, params: Any, cfg: model_lib.BertConfig) -> None:
+    """Writes ``directory/checkpoints/0`` as the pre-training loop would: a TrainState built on
+    a one-device mesh (fresh optimizer state, step 0) with ``params`` in it, and the run config."""
+    from bertjax import checkpoint as ckpt_lib
+    from bertjax import optim
+    from bertjax import sharding
+    from bertjax import train
+
+    config = run_config_for(cfg)
+    mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    tx, _ = optim.make_optimizer(config)
+    rules = tuple(tuple(r) for r in config.sharding.rules)
+    state, shardings = train.create_train_state(model_lib.BertForPreTraining(cfg), tx, mesh,
+                                                rules, config.seed)
+    state = state.replace(params=jax.device_put(params, shardings.params))
+    ckpt = ckpt_lib.Checkpointer(os.path.join(directory, "checkpoints"), every=1, keep=1,
+                                 async_save=False)
+    ckpt.save(0, state, config, force=True)
+    ckpt.close()
+
+
+def import_checkpoint(kind: str, input_dir: str, workdir: str,
+                      do_lower_case: bool | None = None) -> ImportSummary:
+    """Imports an HF (``kind="hf"``) or google-research (``"tf"``) checkpoint into a new workdir.
+
+    Raises:
+      ConvertError: one line naming the bad input; nothing is left at ``workdir``.
+    """
+    config, tensors, _ = _read_source(kind, input_dir)
+    if config.get("model_type", "bert") != "bert":
+        raise ConvertError(f"{input_dir}: model_type={config['model_type']!r}; only BERT "
+                           "checkpoints (model_type 'bert') can be imported")
+    try:
+        cfg = convert.hf_config_to_bert(config)
+    except (ValueError, TypeError) as e:
+        raise ConvertError(f"{input_dir}: {e}") from None
+    ignored: list[str] = []
+    try:
+        if kind == "tf":
+            tensors, ignored = convert.tf_to_hf_tensors(tensors, cfg)
+        params, report = convert.params_from_hf(tensors, cfg, init_params=_init_params(cfg))
+    except ValueError as e:
+        raise ConvertError(str(e)) from None
+    settings = _casing(input_dir, do_lower_case)
+    vocab = os.path.join(input_dir, "vocab.txt")
+    if os.path.exists(vocab):
+        vocab_size = len(wordpiece.load_vocab(vocab))
+        if vocab_size > cfg.vocab_size:
+            raise ConvertError(f"{vocab} has {vocab_size} tokens but the model's vocab_size is "
+                               f"{cfg.vocab_size}; the vocab does not belong to this checkpoint")
+    else:
+        logging.warning("%s has no vocab.txt; the workdir gets no tokenizer files", input_dir)
+
+    def fill(tmp: str) -> None:
+        save_workdir_state(tmp, params, cfg)
+        with open(os.path.join(tmp, MODEL_CONFIG), "w") as f:
+            json.dump({"bertjax": dataclasses.asdict(cfg), "hf": convert.bert_to_hf_config(cfg),
+                       "source": {"format": kind, "path": os.path.abspath(input_dir)},
+                       "import": {"unused": report.unused, "buffers": report.buffers,
+                                  "ignored": ignored, "initialised": report.missing}},
+                      f, indent=2)
+        if os.path.exists(vocab):
+            wordpiece.write_tokenizer_files(
+                tmp, vocab, do_lower_case=settings.get("do_lower_case", True),
+                strip_accents=settings.get("strip_accents"),
+                tokenize_chinese_chars=settings.get("tokenize_chinese_chars", True),
+                model_max_length=cfg.max_position_embeddings)
+            if "do_lower_case" not in settings:  # guessed: say so where fine-tuning reads it
+                os.remove(os.path.join(tmp, "tokenizer_config.json"))
+
+    _atomic_dir(workdir, fill)
+    return ImportSummary(os.path.abspath(workdir), cfg, report, ignored,
+                         settings.get("do_lower_case"))
+
+
+def workdir_model_config(workdir: str, saved_run_config: dict | None) -> model_lib.BertConfig:
+    """The model config of a workdir: model_config.json (imports) or the run config (runs)."""
+    path = os.path.join(workdir, MODEL_CONFIG)
+    if os.path.exists(path):
+        with open(path) as f:
+            return model_lib.BertConfig(**json.load(f)["bertjax"])
+    if saved_run_config is None:
+        raise ConvertError(f"--input={workdir} has no {MODEL_CONFIG} and no saved run config")
+    import ml_collections
+    from bertjax import config as config_lib
+
+    m = saved_run_config["model"]
+    sizes = {k: m[k] for k in ("num_layers", "hidden_size", "num_heads", "intermediate_size")
+             if k in m}
+    if sizes:  # written by run_config_for: explicit sizes win over the preset name
+        fields = {f.name for f in dataclasses.fields(model_lib.BertConfig)}
+        return model_lib.BertConfig(**{k: v for k, v in m.items() if k in fields})
+    return config_lib.model_config(ml_collections.ConfigDict(saved_run_config))
+
+
+def load_workdir_params(workdir: str) -> tuple[Any, model_lib.BertConfig, int]:
+    """(params as numpy, model config, step) of a workdir's latest checkpoint."""
+    import orbax.checkpoint as ocp
+
+    from bertjax import checkpoint as ckpt_lib
+
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(ckpt_dir):
+        raise ConvertError(f"--input={workdir} has no checkpoints/; give a bertjax workdir "
+                           "(pre-training output or an import)")
+    ckpt = ckpt_lib.Checkpointer(ckpt_dir, every=1, async_save=False)
+    step = ckpt.latest_step()
+    if step is None:
+        raise ConvertError(f"--input={workdir} has no finished checkpoint step")
+    cfg = workdir_model_config(workdir, ckpt.saved_config(step))
+    ckpt.close()
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=device)
+                for k, v in convert._expected_params(cfg).items()}
+    target = {"params": traverse_util.unflatten_dict(abstract)}
+    restored = ocp.PyTreeCheckpointer().restore(
+        os.path.join(ckpt_dir, str(step), "state"),
+        args=ocp.args.PyTreeRestore(target, restore_args=ocp.checkpoint_utils
+                                    .construct_restore_args(target), partial_restore=True))
+    return jax.tree.map(np.asarray, restored["params"]), cfg, step
+
+
+def export_hf(workdir: str, output: str) -> tuple[model_lib.BertConfig, int, bool]:
+    """Writes an HF BertForPreTraining directory from a workdir's latest checkpoint.
+
+    Returns:
+      (model config, step exported, whether tokenizer files were written).
+    """
+    params, cfg, step = load_workdir_params(workdir)
+    vocab = os.path.join(workdir, "vocab.txt")
+    settings = wordpiece.read_tokenizer_config(workdir)
+
+    def fill(tmp: str) -> None:
+        convert.save_hf_checkpoint(tmp, params, cfg)
+        if os.path.exists(vocab):
+            wordpiece.write_tokenizer_files(
+                tmp, vocab, do_lower_case=settings.get("do_lower_case", True),
+                strip_accents=settings.get("strip_accents"),
+                tokenize_chinese_chars=settings.get("tokenize_chinese_chars", True),
+                model_max_length=cfg.max_position_embeddings)
+
+    _atomic_dir(output, fill)
+    if not os.path.exists(vocab):
+        logging.warning("%s has no vocab.txt: the HF directory has no tokenizer files", workdir)
+    return cfg, step, os.path.exists(vocab)

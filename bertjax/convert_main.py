@@ -1,0 +1,70 @@
+"""Convert checkpoints: ``python -m bertjax.convert``.
+
+  --from=hf --input=HF_DIR --output=WORKDIR   config.json + model.safetensors (or .bin)
+  --from=tf --input=TF_DIR --output=WORKDIR   google-research/bert: bert_config.json + *.ckpt
+  --to=hf --input=WORKDIR --output=HF_DIR     for transformers' BertModel / BertForPreTraining
+
+An imported WORKDIR is usable as ``--config.init_from=WORKDIR`` of bertjax.pretrain. Kept short
+on purpose: the work is in bertjax/convert_io.py and bertjax/convert.py.
+"""
+
+import os
+
+from absl import app, flags, logging
+
+from bertjax import cli
+
+_FROM = flags.DEFINE_enum("from", None, ["hf", "tf"], "Import this checkpoint format.")
+_TO = flags.DEFINE_enum("to", None, ["hf"], "Export a bertjax workdir to this format.")
+_INPUT = flags.DEFINE_string("input", None, "Checkpoint directory (import) or workdir (export).")
+_OUTPUT = flags.DEFINE_string("output", None, "New directory to write (must not exist).")
+_LOWER = flags.DEFINE_bool("do_lower_case", None, "Tokenizer casing when the checkpoint does "
+                           "not say it (tokenizer_config.json); True for uncased models.")
+_DEBUG = flags.DEFINE_bool("debug", False, "Show full tracebacks.")
+
+
+def _print_import(s) -> None:
+    r = s.report
+    print(f"imported {len(r.used)} tensors into {s.workdir} "
+          f"({s.cfg.num_layers} layers, hidden {s.cfg.hidden_size}, vocab {s.cfg.vocab_size})")
+    print(f"  unused tensors ({len(r.unused)}): {r.unused}")
+    print(f"  ignored optimizer/bookkeeping variables ({len(s.ignored)}): {s.ignored}")
+    print(f"  skipped buffers ({len(r.buffers)}): {r.buffers}")
+    print(f"  missing, initialised fresh ({len(r.missing)}): {r.missing}")
+    casing = {None: "unknown (pass --do_lower_case)", True: "uncased", False: "cased"}
+    print(f"  tokenizer: {casing[s.do_lower_case]}")
+    print(f"use it with: python -m bertjax.pretrain --config.init_from={s.workdir}")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if (_FROM.value is None) == (_TO.value is None):
+        cli.fail("give exactly one of --from=hf|tf (import) or --to=hf (export)")
+    if not _INPUT.value or not _OUTPUT.value:
+        cli.fail("--input and --output are both required")
+    from bertjax import convert_io  # after flag parsing: jax starts here
+
+    try:
+        if _FROM.value:
+            _print_import(convert_io.import_checkpoint(_FROM.value, _INPUT.value, _OUTPUT.value,
+                                                       _LOWER.value))
+        else:
+            cfg, step, tokenizer = convert_io.export_hf(_INPUT.value, _OUTPUT.value)
+            print(f"exported step {step} of {_INPUT.value} ({cfg.num_layers} layers, hidden "
+                  f"{cfg.hidden_size}) to {os.path.abspath(_OUTPUT.value)}"
+                  f"{'' if tokenizer else ' (no vocab.txt in the workdir: no tokenizer files)'}")
+    except convert_io.ConvertError as e:
+        if _DEBUG.value:
+            raise
+        cli.fail(str(e))
+
+
+def run() -> None:
+    logging.set_verbosity(logging.WARNING)
+    app.run(main, flags_parser=cli.parse_flags)
+
+
+if __name__ == "__main__":
+    run()
