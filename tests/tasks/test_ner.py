@@ -121,3 +121,21 @@ def test_write_conll(tmp_path):
     assert path.read_text() == "a O O\n\n"
     with pytest.raises(ValueError, match="holds whitespace"):
         ner.write_conll(buf, [["New York"]], [["B-LOC"]], [["B-LOC"]])
+
+
+def test_random_sequences_scheme_invariants():
+    # Independent consistency checks over random tag sequences:
+    #   * IOB1 -> IOB2 conversion never changes the (conlleval) entities;
+    #   * on well-formed IOB2 (the converter's output) lenient and strict decoding agree;
+    #   * entities never overlap and never include an O word.
+    rng = np.random.default_rng(0)
+    vocab = ["O", "I-PER", "B-PER", "I-LOC", "B-LOC"]
+    for _ in range(200):
+        tags = [vocab[i] for i in rng.integers(0, len(vocab), size=int(rng.integers(0, 12)))]
+        iob2 = ner.iob1_to_iob2(tags)
+        found = ner.entities(tags)
+        assert ner.entities(iob2) == found
+        assert ner.strict_entities(iob2, "IOB2") == found
+        covered = [i for _, s, e in found for i in range(s, e)]
+        assert len(covered) == len(set(covered))
+        assert all(tags[i] != "O" for i in covered)

@@ -180,3 +180,38 @@ def test_decode_without_valid_span():
     # Every start sits on a non-context position once the context is cut to nothing.
     ans = squad.decode([W0_START], [W0_END], [(0, 0)], 3, "", [], version_2=True)
     assert ans.text == "" and ans.null_odds == math.inf
+
+
+def test_decode_matches_brute_force_on_random_logits():
+    # Invariant against a plain loop over every (window, start, end) under the same rules.
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        n = int(rng.integers(1, 25))
+        spans = squad.windows(n, int(rng.integers(2, 8)), int(rng.integers(1, 5)))
+        context = " ".join(f"w{i}" for i in range(n))
+        offsets, pos = [], 0
+        for i in range(n):
+            offsets.append((pos, pos + len(f"w{i}")))
+            pos += len(f"w{i}") + 1
+        q = int(rng.integers(1, 4))  # question tokens: context starts at 2 + q
+        length = 2 + q + max(l for _, l in spans) + 1
+        starts = [rng.normal(size=length) for _ in spans]
+        ends = [rng.normal(size=length) for _ in spans]
+        max_len = int(rng.integers(1, 6))
+        owner = squad.max_context_windows(spans, n)
+        best = (-np.inf, None)
+        for w, (s0, ln) in enumerate(spans):
+            for a in range(s0, s0 + ln):
+                if owner[a] != w:
+                    continue
+                for b in range(a, min(s0 + ln, a + max_len)):
+                    score = starts[w][a - s0 + 2 + q] + ends[w][b - s0 + 2 + q]
+                    if score > best[0]:
+                        best = (score, context[offsets[a][0]:offsets[b][1]])
+        null = min(s[0] + e[0] for s, e in zip(starts, ends))
+        ans = squad.decode(starts, ends, spans, 2 + q, context, offsets,
+                           max_answer_length=max_len, version_2=True)
+        assert ans.best_span == best[1], trial
+        assert ans.null_score == pytest.approx(null)
+        assert ans.null_odds == pytest.approx(null - best[0])
+        assert ans.text == ("" if null - best[0] > 0 else best[1])

@@ -202,3 +202,14 @@ def test_import_hygiene():
                          env=dict(os.environ, PYTHONPATH=root), timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_table_jsonl_numeric_labels_match_their_text(tmp_path):
+    # JSON numbers are matched by their JSON text, so labels=["0", "1"] accepts 0 and 1.
+    path = tmp_path / "nums.jsonl"
+    path.write_text('{"t": "a", "y": 1}\n{"t": "b", "y": 0}\n{"t": "c", "y": 2}\n')
+    with pytest.raises(DataError, match=r"nums.jsonl:3: label '2' is not one of"):
+        readers.read_table(str(path), "t", label="y", labels=["0", "1"])
+    path.write_text('{"t": "a", "y": 1}\n{"t": "b", "y": 0}\n')
+    assert [e["label"] for e in readers.read_table(str(path), "t", label="y",
+                                                   labels=["0", "1"])] == [1, 0]
