@@ -20,6 +20,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from etils import epath  # local paths and gs:// alike
 
 from bertjax import checkpoint as ckpt_lib
 from bertjax import config as config_lib
@@ -52,13 +53,14 @@ class Preempted:
 def check_workdir(workdir: str, config: Any, allow_config_change: bool) -> ckpt_lib.Checkpointer:
     """Creates/opens the workdir's checkpoints; refuses a workdir of a different run."""
     try:
-        os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, f".write_probe_{multihost.process_index()}")
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
-    except OSError as e:
-        raise config_lib.ConfigError(f"--workdir={workdir} is not writable ({e.strerror}); "
+        root = epath.Path(workdir)
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write_probe_{multihost.process_index()}"
+        probe.write_text("")
+        probe.unlink()
+    except Exception as e:  # OSError locally, the filesystem's own errors for gs://
+        raise config_lib.ConfigError(f"--workdir={workdir} is not writable "
+                                     f"({getattr(e, 'strerror', None) or type(e).__name__}); "
                                      "choose a directory you can write to") from None
     ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint_every,
                                  config.keep_checkpoints, config.keep_period or None,
@@ -77,7 +79,6 @@ def check_workdir(workdir: str, config: Any, allow_config_change: bool) -> ckpt_
 def init_params_from(path: str, state: train.TrainState, shardings: Any) -> train.TrainState:
     """Replaces the parameters with those of another bertjax run (fresh optimizer and step)."""
     import orbax.checkpoint as ocp
-    from etils import epath
 
     p = epath.Path(path)
     if (p / "checkpoints").exists():
@@ -176,7 +177,7 @@ def run(config: Any, workdir: str, allow_config_change: bool = False) -> dict[st
         inputs.check(config)
     except inputs.InputError as e:
         raise config_lib.ConfigError(str(e)) from None
-    if config.init_from and not os.path.exists(config.init_from):
+    if config.init_from and not epath.Path(config.init_from).exists():
         raise config_lib.ConfigError(f"config.init_from={config.init_from!r} does not exist; "
                                      "give a pre-training workdir")
     ckpt = check_workdir(workdir, config, allow_config_change)

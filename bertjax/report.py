@@ -6,10 +6,13 @@ Only process 0 writes. TensorBoard events go through tf.summary when TensorFlow 
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 from typing import Any
+
+from etils import epath  # local paths and gs:// alike
 
 
 class MetricsWriter:
@@ -17,7 +20,7 @@ class MetricsWriter:
 
     def __init__(self, workdir: str, enabled: bool = True):
         self.enabled = enabled
-        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.path = os.fspath(epath.Path(workdir) / "metrics.jsonl")
         self._tb = {}
         if not enabled:
             return
@@ -33,7 +36,7 @@ class MetricsWriter:
     def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
+        with epath.Path(self.path).open("a") as f:
             f.write(json.dumps({"step": step, "split": split, **metrics}) + "\n")
         if self._tf is None:
             return
@@ -50,10 +53,10 @@ class MetricsWriter:
 
 
 def read_metrics(workdir: str) -> list[dict]:
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
+    path = epath.Path(workdir) / "metrics.jsonl"
+    if not path.exists():
         return []
-    with open(path) as f:
+    with path.open() as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
@@ -88,10 +91,12 @@ def plot_curves(workdir: str) -> str | None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    path = os.path.join(workdir, "curves.png")
-    fig.savefig(path, dpi=100)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    return path
+    path = epath.Path(workdir) / "curves.png"
+    path.write_bytes(buf.getvalue())
+    return os.fspath(path)
 
 
 def summary(lines: dict[str, Any]) -> str:
