@@ -305,7 +305,9 @@ def params_from_hf(tensors: Mapping[str, Any], cfg: model_lib.BertConfig,
       tensors: HF state dict, name -> numpy array (torch tensors are accepted too).
       cfg: the bertjax config the checkpoint must match (see ``hf_config_to_bert``).
       init_params: a bertjax params tree (boxed or not), e.g. ``model.init(...)["params"]``,
-        supplying parameters the checkpoint lacks. Required only when something is missing.
+        supplying parameters the checkpoint lacks, or a callable taking the list of missing
+        paths and returning such a tree (so a big model is initialised only when, and only as
+        far as, needed). Required only when something is missing.
 
     Returns:
       (params, report): params is a nested dict of numpy arrays in ``cfg.param_dtype`` with
@@ -365,6 +367,8 @@ def params_from_hf(tensors: Mapping[str, Any], cfg: model_lib.BertConfig,
             raise ValueError(
                 f"checkpoint has no source for bertjax params {report.missing}; pass init_params "
                 "(e.g. model.init(...)['params']) to keep those from a fresh initialization")
+        if callable(init_params):
+            init_params = init_params(missing)
         init_flat = traverse_util.flatten_dict(nn.meta.unbox(init_params))
         for path in missing:
             if path not in init_flat:

@@ -87,15 +87,51 @@ def _read_source(kind: str, directory: str) -> tuple[dict, dict[str, np.ndarray]
     return config, tensors, kind
 
 
-def _init_params(cfg: model_lib.BertConfig, seed: int = 0) -> Any:
-    """Fresh bertjax parameters (numpy), the source of heads a checkpoint lacks."""
+def _read_config(kind: str, directory: str) -> dict:
+    """The checkpoint's config.json (hf) or bert_config.json (tf), without the weights."""
+    if not os.path.isdir(directory):
+        raise ConvertError(f"--input={directory} is not a directory")
+    names = ("config.json",) if kind == "hf" else ("bert_config.json", "config.json")
+    for name in names:
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            try:
+                with open(path) as f:
+                    config = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ConvertError(f"{path} is not valid JSON ({e})") from None
+            if not isinstance(config, dict):
+                raise ConvertError(f"{path} holds no JSON object")
+            return config
+    what = ("an HF BERT checkpoint directory holds config.json and model.safetensors"
+            if kind == "hf" else "a google-research/bert directory holds bert_config.json and "
+            "model.ckpt.*")
+    raise ConvertError(f"{directory} has no {names[0]}; {what}")
+
+
+def _init_params(cfg: model_lib.BertConfig, seed: int = 0) -> Callable[[list], Any]:
+    """For ``params_from_hf``: fresh values of just the missing parameters (numpy).
+
+    The whole model's init is traced, but only the missing leaves are returned from the jitted
+    function, so XLA drops the random draws for the rest (a BERT-base embedding table alone
+    takes seconds of threefry on a CPU). The values are those of a full init with this seed.
+    """
     import flax.linen as nn
     import jax.numpy as jnp
 
-    ids = jnp.zeros((1, 1), jnp.int32)
-    init = jax.jit(lambda key: nn.meta.unbox(model_lib.BertForPreTraining(cfg).init(
-        key, ids, jnp.ones_like(ids), ids, ids)["params"]))
-    return jax.tree.map(np.asarray, init(jax.random.key(seed)))
+    def init(missing: list) -> Any:
+        ids = jnp.zeros((1, 1), jnp.int32)
+
+        def some(key):
+            full = nn.meta.unbox(model_lib.BertForPreTraining(cfg).init(
+                key, ids, jnp.ones_like(ids), ids, ids)["params"])
+            flat = traverse_util.flatten_dict(full)
+            return {"/".join(p): flat[p] for p in missing}
+
+        picked = jax.jit(some)(jax.random.key(seed))
+        return traverse_util.unflatten_dict(
+            {tuple(k.split("/")): np.asarray(v) for k, v in picked.items()})
+    return init
 
 
 def _casing(directory: str, do_lower_case: bool | None) -> dict[str, Any]:
@@ -133,21 +169,41 @@ def run_config_for(cfg: model_lib.BertConfig) -> Any:
     return c
 
 
+def _check_leaf(want: jax.ShapeDtypeStruct, got: jax.Array) -> None:
+    if want.shape != got.shape or want.dtype != got.dtype:
+        raise RuntimeError(f"imported train state leaf {got.shape} {got.dtype} differs from "
+                           f"the pre-training state's {want.shape} {want.dtype}")
+
+
 def save_workdir_state(directory: str, params: Any, cfg: model_lib.BertConfig) -> None:
     """Writes ``directory/checkpoints/0`` as the pre-training loop would: a TrainState built on
     a one-device mesh (fresh optimizer state, step 0) with ``params`` in it, and the run config."""
+    import jax.numpy as jnp
+
     from bertjax import checkpoint as ckpt_lib
     from bertjax import optim
     from bertjax import sharding
     from bertjax import train
 
     config = run_config_for(cfg)
+    # One device, so every leaf is simply replicated there; restore re-shards onto any mesh.
+    # The state's structure comes from train.create_train_state traced abstractly: running it
+    # would randomly initialise every parameter only to throw them away (seconds for BERT-base
+    # on a CPU). Leaves other than params/opt_state/rng are step counters and start at zero.
     mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    repl = sharding.replicated(mesh)
     tx, _ = optim.make_optimizer(config)
     rules = tuple(tuple(r) for r in config.sharding.rules)
-    state, shardings = train.create_train_state(model_lib.BertForPreTraining(cfg), tx, mesh,
-                                                rules, config.seed)
-    state = state.replace(params=jax.device_put(params, shardings.params))
+    abstract = jax.eval_shape(lambda: train.create_train_state(
+        model_lib.BertForPreTraining(cfg), tx, mesh, rules, config.seed)[0])
+    params = jax.device_put(params, repl)
+    fields = {f.name: jax.tree.map(lambda x: jax.device_put(jnp.zeros(x.shape, x.dtype), repl),
+                                   getattr(abstract, f.name))
+              for f in dataclasses.fields(abstract)}
+    fields.update(params=params, opt_state=jax.jit(tx.init, out_shardings=repl)(params),
+                  rng=jax.device_put(jax.random.split(jax.random.PRNGKey(config.seed))[1], repl))
+    state = type(abstract)(**fields)
+    jax.tree.map(_check_leaf, abstract, state)
     ckpt = ckpt_lib.Checkpointer(os.path.join(directory, "checkpoints"), every=1, keep=1,
                                  async_save=False)
     ckpt.save(0, state, config, force=True)
@@ -161,7 +217,7 @@ def import_checkpoint(kind: str, input_dir: str, workdir: str,
     Raises:
       ConvertError: one line naming the bad input; nothing is left at ``workdir``.
     """
-    config, tensors, _ = _read_source(kind, input_dir)
+    config = _read_config(kind, input_dir)  # checked before any (big) weights are read
     if config.get("model_type", "bert") != "bert":
         raise ConvertError(f"{input_dir}: model_type={config['model_type']!r}; only BERT "
                            "checkpoints (model_type 'bert') can be imported")
@@ -169,6 +225,7 @@ def import_checkpoint(kind: str, input_dir: str, workdir: str,
         cfg = convert.hf_config_to_bert(config)
     except (ValueError, TypeError) as e:
         raise ConvertError(f"{input_dir}: {e}") from None
+    _, tensors, _ = _read_source(kind, input_dir)
     ignored: list[str] = []
     try:
         if kind == "tf":
