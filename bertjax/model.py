@@ -166,8 +166,16 @@ class Embeddings(nn.Module):
         table = sharding.constrain(self.word_embeddings.embedding, ("vocab", None))  # [V, D]
         words = jnp.take(table, input_ids, axis=0).astype(self.cfg.compute_dtype)  # [B, L, D]
         words = sharding.constrain(words, ("act_batch", "act_len", "act_embed"))
-        x = (words + self.position_embeddings(position_ids)
-             + self.token_type_embeddings(segment_ids))  # [B, L, D]
+        if position_ids is None:  # positions 0..L-1: a slice, whose gradient is a plain sum
+            pos = self.position_embeddings.embedding[: input_ids.shape[1]][None]  # [1, L, D]
+            pos = pos.astype(self.cfg.compute_dtype)
+        else:  # packed sequences restart their positions
+            pos = self.position_embeddings(position_ids)
+        # Token types: a one-hot matmul over the few rows instead of a gather, whose backward
+        # would be B*L scattered adds into 2 rows.
+        types = jax.nn.one_hot(segment_ids, self.cfg.type_vocab_size, dtype=self.cfg.compute_dtype)
+        types = types @ self.token_type_embeddings.embedding.astype(self.cfg.compute_dtype)
+        x = words + pos + types  # [B, L, D]
         x = self.layer_norm(x)
         x = sharding.constrain(x, ("act_batch", "act_len", "act_embed"))
         return self.dropout(x, deterministic=deterministic)
@@ -209,8 +217,13 @@ class SelfAttention(nn.Module):
                 raise ValueError(
                     f"model.attention_impl={impl!r} has no attention dropout; set "
                     "model.attention_dropout=0 or model.attention_impl='explicit'")
-            key_mask = mask[:, None, None, :].astype(bool)  # [B, 1, 1, L]
-            ctx = jax.nn.dot_product_attention(q, k, v, mask=key_mask, implementation=impl)
+            if impl == "cudnn":  # cuDNN takes lengths, not a mask: inputs are right-padded
+                lengths = jnp.sum(mask, axis=-1).astype(jnp.int32)  # [B]
+                ctx = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths,
+                                                   implementation="cudnn")
+            else:
+                key_mask = mask[:, None, None, :].astype(bool)  # [B, 1, 1, L]
+                ctx = jax.nn.dot_product_attention(q, k, v, mask=key_mask, implementation=impl)
         ctx = sharding.constrain(ctx, qkv_names)
         out = _dense(cfg, cfg.hidden_size, ("heads", "kv", "embed"), ("embed",), "out",
                      axis=(-2, -1))(ctx)  # [B, L, D]
@@ -267,8 +280,6 @@ class BertModel(nn.Module):
         """
         if segment_ids is None:
             segment_ids = jnp.zeros_like(input_ids)
-        if position_ids is None:
-            position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
         x = self.embeddings(input_ids, segment_ids, position_ids, deterministic)
         for layer in self.layers:
             x = layer(x, input_mask, deterministic)

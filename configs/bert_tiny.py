@@ -14,11 +14,11 @@ def get_config(arg: str | None = None):
     c.global_batch_size = 64
     c.max_seq_length = 128
     c.max_predictions = 20
-    c.total_steps = 400
+    c.total_steps = 500
     c.eval_every = 100
     c.checkpoint_every = 100
-    c.optim.lr = 5e-3
-    c.optim.warmup_steps = 30
+    c.optim.lr = 2e-2  # LAMB: ~2% of each layer's norm per step; 5e-3 stays at unigram longer
+    c.optim.warmup_steps = 50
     if args.runlocal:
         c.total_steps = 50
         c.global_batch_size = 16
