@@ -73,6 +73,7 @@ class WordPieceTokenizer:
         tok.decoder = decoders.WordPiece(prefix="##")
         tok.add_special_tokens([t for t in SPECIAL_TOKENS if t in self.vocab])
         self._tok = tok
+        self._strips_accents = strip_accents if strip_accents is not None else self.do_lower_case
         self.pad_id = self.vocab["[PAD]"]
         self.cls_id = self.vocab["[CLS]"]
         self.sep_id = self.vocab["[SEP]"]
@@ -111,7 +112,13 @@ class WordPieceTokenizer:
         reproduces both.
         """
         text = drop_other_chars(text, "\x00" if self.do_lower_case else "")
-        return unicodedata.normalize("NFC", text)
+        text = unicodedata.normalize("NFC", text)
+        punct, marks = _unicode_gaps()
+        if punct is not None:
+            text = punct.sub(r" \g<0> ", text)
+        if marks is not None and self._strips_accents:
+            text = marks.sub("", unicodedata.normalize("NFD", text))
+        return text
 
     @property
     def vocab_size(self) -> int:
@@ -191,6 +198,32 @@ def _other_chars_pattern() -> re.Pattern:
         ranges.append((start, prev))
     body = "".join(f"\\U{a:08x}" if a == b else f"\\U{a:08x}-\\U{b:08x}" for a, b in ranges)
     return re.compile(f"[{body}]+")
+
+
+@functools.cache
+def _unicode_gaps() -> tuple[re.Pattern | None, re.Pattern | None]:
+    """Characters Python's Unicode tables (BertTokenizer's) and the installed tokenizers'
+    Rust tables disagree on, found by asking the Rust side about each one once.
+
+    Returns:
+      (punctuation Python splits off but Rust keeps inside words, nonspacing marks Python's
+      accent stripping removes but Rust's keeps), each as a regex or None when there are none.
+    """
+    from tokenizers import normalizers, pre_tokenizers
+
+    pre = pre_tokenizers.BertPreTokenizer()
+    strip = normalizers.BertNormalizer(clean_text=False, handle_chinese_chars=False,
+                                       strip_accents=True, lowercase=False)
+    punct, marks = [], []
+    for cp in range(sys.maxunicode + 1):
+        cat = unicodedata.category(chr(cp))
+        if cat[0] == "P":
+            if len(pre.pre_tokenize_str(f"a{chr(cp)}a")) != 3:
+                punct.append(chr(cp))
+        elif cat == "Mn" and chr(cp) in strip.normalize_str(f"a{chr(cp)}"):
+            marks.append(chr(cp))
+    as_class = lambda chars: re.compile("[" + "".join(re.escape(c) for c in chars) + "]")
+    return (as_class(punct) if punct else None), (as_class(marks) if marks else None)
 
 
 def drop_other_chars(text: str, marker: str = "") -> str:
