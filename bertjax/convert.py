@@ -593,6 +593,8 @@ def load_tf_checkpoint(directory: str) -> tuple[dict[str, Any], dict[str, np.nda
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf  # local: only this path needs TensorFlow
 
+    tf.config.set_visible_devices([], "GPU")  # reading a checkpoint needs no accelerator
+
     prefix = tf.train.latest_checkpoint(directory) if len(indexes) > 1 else None
     if prefix is None and len(indexes) > 1:
         raise FileNotFoundError(f"{directory} holds {len(indexes)} checkpoints {indexes} and no "
