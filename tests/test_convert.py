@@ -404,3 +404,16 @@ def test_cli_missing_config_json(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "config.json" in lines[0] and str(src) in lines[0], proc.stderr
     assert sorted(os.listdir(tmp_path)) == ["empty"]  # no output, no temporary sibling
+
+
+def test_pytorch_model_bin_imports_like_safetensors(tmp_path):
+    torch.manual_seed(0)
+    hf = transformers.BertModel(transformers.BertConfig(
+        vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=16))
+    hf.save_pretrained(tmp_path / "bin", safe_serialization=False)
+    assert (tmp_path / "bin" / "pytorch_model.bin").exists()
+    config, tensors = convert.load_hf_checkpoint(str(tmp_path / "bin"))
+    assert config["hidden_size"] == 32
+    for name, x in hf.state_dict().items():
+        np.testing.assert_array_equal(tensors[name], x.numpy(), name)
