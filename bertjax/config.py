@@ -56,7 +56,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
 
     c.model = ml_collections.ConfigDict()
-    c.model.preset = "tiny"
+    c.model.preset = "tiny"  # tiny|mini|small|medium|base|large, or "custom" with the sizes below
+    c.model.num_layers = 0  # 0: the preset's; any other value overrides it (imported models)
+    c.model.hidden_size = 0
+    c.model.num_heads = 0
+    c.model.intermediate_size = 0
     c.model.vocab_size = 30522
     c.model.max_position_embeddings = 512
     c.model.type_vocab_size = 2
@@ -120,9 +124,16 @@ def base_config() -> ml_collections.ConfigDict:
 def model_config(config: ml_collections.ConfigDict) -> model_lib.BertConfig:
     """The frozen model config described by ``config.model``."""
     m = config.model
+    sizes = {k: m[k] for k in ("num_layers", "hidden_size", "num_heads", "intermediate_size")
+             if m[k]}
+    if m.preset == "custom" and len(sizes) < 4:
+        raise ConfigError("model.preset='custom' needs model.num_layers, hidden_size, num_heads "
+                          "and intermediate_size; set all four (or use a named preset)")
+    if m.hidden_size and not m.intermediate_size and m.preset != "custom":
+        sizes["intermediate_size"] = 4 * m.hidden_size
     try:
         return model_lib.BertConfig.preset(
-            m.preset, vocab_size=m.vocab_size, max_position_embeddings=m.max_position_embeddings,
+            "base" if m.preset == "custom" else m.preset, **sizes, vocab_size=m.vocab_size, max_position_embeddings=m.max_position_embeddings,
             type_vocab_size=m.type_vocab_size, hidden_dropout=m.hidden_dropout,
             attention_dropout=m.attention_dropout, hidden_act=m.hidden_act, dtype=m.dtype,
             param_dtype=m.param_dtype, attention_impl=m.attention_impl)

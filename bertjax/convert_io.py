@@ -276,12 +276,7 @@ def workdir_model_config(workdir: str, saved_run_config: dict | None) -> model_l
     import ml_collections
     from bertjax import config as config_lib
 
-    m = saved_run_config["model"]
-    sizes = {k: m[k] for k in ("num_layers", "hidden_size", "num_heads", "intermediate_size")
-             if k in m}
-    if sizes:  # written by run_config_for: explicit sizes win over the preset name
-        fields = {f.name for f in dataclasses.fields(model_lib.BertConfig)}
-        return model_lib.BertConfig(**{k: v for k, v in m.items() if k in fields})
+    # model_config applies the explicit sizes (0 = the preset's) over the preset name
     return config_lib.model_config(ml_collections.ConfigDict(saved_run_config))
 
 

@@ -237,3 +237,24 @@ def test_consecutive_nonfinite_steps_stop_the_run_with_checkpoint_intact(tmp_pat
     with open(tmp_path / "nan" / "metrics.jsonl") as f:
         rows = [json.loads(l) for l in f]
     assert [r["bad_streak"] for r in rows if r["split"] == "train"][:6] == [0, 0, 0, 1, 2, 3]
+
+
+def test_init_from_another_shape_names_the_first_mismatching_tensor(straight):
+    from bertjax import loop
+    c = _tiny_config()  # vocab 512, the run has 1000
+    state, fns = train.build(c, sharding.make_mesh(8, 1, 1))
+    with pytest.raises(config_lib.ConfigError,
+                       match=r"parameter \['bert'\]\['embeddings'\]\['word_embeddings'\]"
+                             r"\['embedding'\] is \(1000, 128\) there but \(512, 128\)"):
+        loop.init_params_from(straight, state, fns.state_shardings)
+
+
+def test_custom_model_sizes_from_config():
+    c = config_lib.base_config()
+    c.model.preset = "custom"
+    c.model.num_layers, c.model.hidden_size, c.model.num_heads = 6, 384, 12
+    with pytest.raises(config_lib.ConfigError, match="needs model.num_layers"):
+        config_lib.model_config(c)
+    c.model.intermediate_size = 1536
+    m = config_lib.model_config(c)
+    assert (m.num_layers, m.hidden_size, m.num_heads, m.intermediate_size) == (6, 384, 12, 1536)
