@@ -121,6 +121,51 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def preset_config(preset: str, arg: str | None, lr: float) -> ml_collections.ConfigDict:
+    """The shared shape of configs/bert_{mini,small,medium}.py: seq 128, 20 predictions,
+    batch 256, 100k steps; ``runlocal`` shrinks it to a 20-step smoke run."""
+    args = parse_arg(arg, runlocal=False)
+    c = base_config()
+    c.model.preset = preset
+    c.global_batch_size, c.max_seq_length, c.max_predictions = 256, 128, 20
+    c.total_steps, c.optim.lr, c.optim.warmup_steps = 100_000, lr, 2_000
+    if args.runlocal:
+        c.total_steps, c.global_batch_size, c.optim.warmup_steps = 20, 16, 5
+    return c
+
+
+def two_phase_config(preset: str, arg: str | None) -> ml_collections.ConfigDict:
+    """BERT's two-phase large-batch LAMB recipe (You et al., 2019) for base and large.
+
+    Phase 1: sequences of 128 with 20 predictions, global batch 65,536, lr 6e-3, 7,038 steps;
+    phase 2: 512 with 80 predictions, batch 32,768, lr 4e-3, 1,563 steps, initialised from a
+    phase-1 workdir (--config.init_from=...). Polynomial decay with power 0.5, bf16 compute,
+    64 accumulated micro-batches. ``runlocal`` makes a 3-step float32 smoke run.
+    """
+    args = parse_arg(arg, phase=1, runlocal=False)
+    c = base_config()
+    c.model.preset = preset
+    c.model.dtype = "bfloat16"
+    if args.phase == 1:
+        c.max_seq_length, c.max_predictions = 128, 20
+        c.global_batch_size, c.total_steps = 65_536, 7_038
+        c.optim.lr, c.optim.warmup_steps = 6e-3, 2_000
+    elif args.phase == 2:
+        c.max_seq_length, c.max_predictions = 512, 80
+        c.global_batch_size, c.total_steps = 32_768, 1_563
+        c.optim.lr, c.optim.warmup_steps = 4e-3, 200
+    else:
+        raise ConfigError(f"phase={args.phase}; expected 1 or 2 "
+                          f"(e.g. configs/bert_{preset}.py:phase=2)")
+    c.optim.power = 0.5
+    c.accum_steps = 64
+    if args.runlocal:
+        c.model.dtype = "float32"
+        c.global_batch_size, c.accum_steps, c.total_steps = 8, 1, 3
+        c.optim.warmup_steps = 1
+    return c
+
+
 def model_config(config: ml_collections.ConfigDict) -> model_lib.BertConfig:
     """The frozen model config described by ``config.model``."""
     m = config.model

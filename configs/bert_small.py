@@ -1,23 +1,10 @@
-"""bert_small: 4 layers, 512 hidden, 8 heads.
+"""bert_small: 4 layers, 512 hidden, 8 heads; seq 128, batch 256, LAMB lr 1.5e-3.
 
 Usage: --config=configs/bert_small.py[:runlocal] [--config.key=value ...]
 """
 
-from bertjax.config import base_config, parse_arg
+from bertjax.config import preset_config
 
 
 def get_config(arg: str | None = None):
-    args = parse_arg(arg, runlocal=False)
-    c = base_config()
-    c.model.preset = "small"
-    c.global_batch_size = 256
-    c.max_seq_length = 128
-    c.max_predictions = 20
-    c.total_steps = 100_000
-    c.optim.lr = 1.5e-3
-    c.optim.warmup_steps = 2_000
-    if args.runlocal:
-        c.total_steps = 20
-        c.global_batch_size = 16
-        c.optim.warmup_steps = 5
-    return c
+    return preset_config("small", arg, lr=1.5e-3)

@@ -34,7 +34,7 @@ def test_two_phase_recipe():
                                                             "phase=2")
     assert (p1.max_seq_length, p1.max_predictions) == (128, 20)
     assert (p2.max_seq_length, p2.max_predictions) == (512, 80)
-    with pytest.raises(ValueError, match="phase=3"):
+    with pytest.raises(config_lib.ConfigError, match="phase=3"):
         _load(f"{ROOT}/configs/bert_large.py", "phase=3")
     with pytest.raises(config_lib.ConfigError, match="unknown"):
         _load(f"{ROOT}/configs/bert_large.py", "phaze=2")
