@@ -161,16 +161,30 @@ class Checkpointer:
         Returns:
           (state, step).
         """
-        step = self.latest_step() if step is None else step
-        items = {"state": ocp.args.StandardRestore(abstract_state)}
-        step_dir = epath.Path(self.directory) / str(step)
-        if iterator is not None and (step_dir / "data").exists():
-            items["data"] = DataRestore(iterator)
-        elif iterator is not None:
-            logging.warning("checkpoint %s has no data-iterator state; the data order restarts",
-                            step)
-        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-        return restored["state"], step
+        candidates = [step] if step is not None else sorted(self.manager.all_steps(),
+                                                            reverse=True)
+        for i, candidate in enumerate(candidates):
+            items = {"state": ocp.args.StandardRestore(abstract_state)}
+            step_dir = epath.Path(self.directory) / str(candidate)
+            if iterator is not None and (step_dir / "data").exists():
+                items["data"] = DataRestore(iterator)
+            elif iterator is not None:
+                logging.warning("checkpoint %s has no data-iterator state; the data order "
+                                "restarts", candidate)
+            try:
+                restored = self.manager.restore(candidate, args=ocp.args.Composite(**items))
+            except Exception as e:  # a damaged step: fall back to the one before it
+                if i == len(candidates) - 1:
+                    raise
+                reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+                message = (f"checkpoint step {candidate} in {self.directory} is unreadable "
+                           f"({type(e).__name__}: {reason}); skipping it and trying step "
+                           f"{candidates[i + 1]}")
+                logging.warning(message)
+                print(f"warning: {message}", flush=True)
+                continue
+            return restored["state"], candidate
+        raise FileNotFoundError(f"no checkpoint in {self.directory}")
 
     def wait(self) -> None:
         """Blocks until an asynchronous save has been committed."""

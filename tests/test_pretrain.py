@@ -258,3 +258,29 @@ def test_custom_model_sizes_from_config():
     c.model.intermediate_size = 1536
     m = config_lib.model_config(c)
     assert (m.num_layers, m.hidden_size, m.num_heads, m.intermediate_size) == (6, 384, 12, 1536)
+
+
+def test_a_damaged_latest_checkpoint_is_skipped_with_a_message(tmp_path, capsys):
+    c = _tiny_config()
+    mesh = sharding.make_mesh(8, 1, 1)
+    state, fns = train.build(c, mesh)
+    ck = ckpt_lib.Checkpointer(str(tmp_path / "ck"), every=1, async_save=False)
+    ck.save(1, state, c, force=True)
+    ck.save(2, state.replace(step=state.step + 5), c, force=True)
+    ck.close()
+    # truncate every data file of step 2's state (a disk that lost the end of the writes)
+    damaged = 0
+    for root, _, files in os.walk(tmp_path / "ck" / "2" / "state"):
+        for name in files:
+            path = os.path.join(root, name)
+            if os.path.getsize(path) > 64 and "metadata" not in name:
+                with open(path, "r+b") as f:
+                    f.truncate(16)
+                damaged += 1
+    assert damaged
+    ck = ckpt_lib.Checkpointer(str(tmp_path / "ck"), every=1)
+    restored, step = ck.restore(ckpt_lib.abstract_like(state, fns.state_shardings))
+    ck.close()
+    assert step == 1 and int(restored.step) == 0
+    out = capsys.readouterr().out
+    assert "checkpoint step 2" in out and "unreadable" in out and "trying step 1" in out
