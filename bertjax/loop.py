@@ -36,10 +36,17 @@ class NonFiniteError(RuntimeError):
 
 
 class Preempted:
-    """Turns SIGTERM into a flag the loop checks after each step."""
+    """Turns SIGTERM into a flag the loop checks after each step (one process).
+
+    With several processes JAX's own preemption notifier owns SIGTERM: a signal on any host
+    makes ``reached_preemption(step)`` true on every host at the same step, so all of them save
+    that step together. A Python handler would take the signal away from it, so none is set.
+    """
 
     def __init__(self):
         self.flag = False
+        if multihost.process_count() > 1:
+            return
         try:
             signal.signal(signal.SIGTERM, self._handler)
         except ValueError:  # not the main thread (tests)
@@ -252,7 +259,7 @@ def run(config: Any, workdir: str, allow_config_change: bool = False) -> dict[st
     pending, last, last_eval = None, {}, {}
     data_wait = 0.0
     batch = first
-    t_start, step = time.perf_counter(), start
+    t_start, step, stop = time.perf_counter(), start, False
 
     def drain(pending):
         s, metrics = pending
@@ -299,6 +306,7 @@ def run(config: Any, workdir: str, allow_config_change: bool = False) -> dict[st
     if pending is not None:
         last = drain(pending)
     elapsed = time.perf_counter() - t_start
+    preempted.flag = preempted.flag or stop
     ckpt.close()
     if progress is not None:
         progress.close()

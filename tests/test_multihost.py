@@ -116,3 +116,33 @@ def test_a_killed_process_stops_the_other_within_two_minutes(tmp_path):
     log = open(tmp_path / "p0.log").read()
     # the runtime names the lost task: "... unhealthy (stopped sending heartbeats):\n1"
     assert "stopped sending heartbeats):\n1\n" in log, log[-3000:]
+
+
+def test_sigterm_on_one_host_saves_the_same_step_on_all_and_exits_0(tmp_path):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    workdir = tmp_path / "run"
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "bertjax.pretrain", *RUN, f"--workdir={workdir}",
+         "--config.total_steps=100000", "--config.checkpoint_every=100000",
+         "--config.eval_every=100000"], cwd=ROOT, env=_proc_env(i, 2, port),
+        stdout=open(tmp_path / f"p{i}.log", "w"), stderr=subprocess.STDOUT) for i in range(2)]
+    try:
+        deadline = time.time() + 400
+        while time.time() < deadline:
+            if os.path.exists(workdir / "metrics.jsonl") and len(_losses(workdir)) >= 2:
+                break
+            assert all(p.poll() is None for p in procs)
+            time.sleep(0.5)
+        procs[1].send_signal(signal.SIGTERM)  # only one host is told
+        codes = [p.wait(timeout=180) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert codes == [0, 0], [open(tmp_path / f"p{i}.log").read()[-2000:] for i in range(2)]
+    steps = [int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit()]
+    assert len(steps) == 1 and 2 <= steps[0] < 100000
+    assert os.path.exists(workdir / "checkpoints" / str(steps[0]) / "data" / "host_1.json")
