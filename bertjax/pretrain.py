@@ -29,13 +29,16 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; use --config.key=value")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from bertjax import inputs
     from bertjax import loop  # after flag parsing: jax starts here
     from bertjax import multihost
+    from bertjax.data.errors import DataError  # plain Python: no TensorFlow import
 
     try:
         multihost.initialize(_COORD.value, _NPROC.value, _PROC_ID.value, _INIT_TIMEOUT.value)
         loop.run(cli.config_value(_CONFIG), _WORKDIR.value, _ALLOW.value)
-    except (config_lib.ConfigError, multihost.ClusterError, loop.NonFiniteError) as e:
+    except (config_lib.ConfigError, multihost.ClusterError, loop.NonFiniteError, DataError,
+            inputs.InputError) as e:
         if _DEBUG.value:
             raise
         cli.fail(str(e))

@@ -284,3 +284,28 @@ def test_a_damaged_latest_checkpoint_is_skipped_with_a_message(tmp_path, capsys)
     assert step == 1 and int(restored.step) == 0
     out = capsys.readouterr().out
     assert "checkpoint step 2" in out and "unreadable" in out and "trying step 1" in out
+
+
+@pytest.mark.parametrize("extra, workdir, message", [
+    (["--config.model.vocab_size=512", "--config.data.source=prepared",
+      "--config.data.path={cache}/embedded-v1000-docs120"], "run", "pieces but the model"),
+    ([], "/proc/version/run", "is not writable"),
+    (["--config.init_from=/nonexistent/run"], "run", "config.init_from='/nonexistent/run' does "
+                                                      "not exist"),
+    (["--config.data.source=prepared", "--config.data.path=/nonexistent"], "run",
+     "holds no complete preparation"),
+    (["--config.data.mask_rate=1.5"], "run", "config.data.mask_rate=1.5"),
+])
+def test_bad_inputs_to_the_command_are_one_line(cache, tmp_path, extra, workdir, message):
+    wd = workdir if workdir.startswith("/") else str(tmp_path / workdir)
+    log = tmp_path / "cli.log"
+    env = dict(os.environ, PYTHONPATH=ROOT, BERTJAX_CACHE=str(cache),
+               XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    extra = [e.replace("{cache}", str(cache)) for e in extra]
+    r = subprocess.run([sys.executable, "-m", "bertjax.pretrain", f"--workdir={wd}", *BASE,
+                        "--config.total_steps=4", *extra], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    errors = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+    assert r.returncode == 2 and len(errors) == 1 and message in errors[0], r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    assert not os.path.exists(os.path.join(wd, "checkpoints", "4"))
