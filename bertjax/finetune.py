@@ -1,0 +1,57 @@
+"""Fine-tune BERT on a sentence (pair) task: ``python -m bertjax.finetune --config=configs/glue.py:task=sst2
+--config.init_from=WORKDIR --config.data.train=... --config.data.dev=... --workdir=runs/sst2``.
+
+Kept short on purpose: flags, then the library (bertjax/tasks/classify.py) does the work.
+``--eval_only`` evaluates the checkpoint a fine-tuning kept; ``--config=configs/demo.py`` runs the
+README demo (pre-trained vs from scratch).
+"""
+
+import os
+
+from absl import app, flags, logging
+
+from bertjax import cli
+from bertjax import config as config_lib
+
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "glue.py")
+_CONFIG = cli.define_config(os.path.normpath(_DEFAULT_CONFIG),
+                            help_string="Fine-tuning config file (configs/glue.py:task=...).",
+                            lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", "", "Where checkpoints, predictions and metrics go "
+                               "(default runs/<task>).")
+_EVAL_ONLY = flags.DEFINE_bool("eval_only", False, "Evaluate the workdir's kept checkpoint.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an earlier fine-tuning in workdir.")
+_COORD = flags.DEFINE_string("coordinator_address", None,
+                             "host:port of process 0 (multi-process runs; else auto-detected).")
+_NPROC = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
+_PROC_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_DEBUG = flags.DEFINE_bool("debug", False, "Show full tracebacks for input errors.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}; use --config.key=value")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from bertjax import multihost  # after flag parsing: jax starts here
+    from bertjax.data.errors import DataError
+    from bertjax.tasks import classify, demo
+
+    config = cli.config_value(_CONFIG)
+    workdir = _WORKDIR.value or os.path.join("runs", config.task)
+    try:
+        multihost.initialize(_COORD.value, _NPROC.value, _PROC_ID.value)
+        if config.task == "demo" and not _EVAL_ONLY.value:
+            demo.prepare(config, workdir)
+        if config.compare_scratch and not _EVAL_ONLY.value:
+            demo.compare(config, workdir, _OVERWRITE.value)
+        else:
+            classify.run(config, workdir, _EVAL_ONLY.value, _OVERWRITE.value)
+    except (config_lib.ConfigError, DataError, multihost.ClusterError) as e:
+        if _DEBUG.value:
+            raise
+        cli.fail(str(e))
+
+
+if __name__ == "__main__":
+    logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO
+    app.run(main, flags_parser=cli.parse_flags)

@@ -1,0 +1,180 @@
+"""Text (pairs) -> fixed-length model inputs, with the tokenizer that belongs to the checkpoint.
+
+``encode`` turns reader examples ({"text_a", "text_b", "label"}, see bertjax.data.tasks) into
+``[CLS] A [SEP] (B [SEP])`` rows of ``input_ids / input_mask / segment_ids`` (int32 [N, L]),
+truncating the longer segment first (google-research/bert's rule, via wordpiece.pack_pair).
+
+Two tokenizers fit a bertjax checkpoint, and the checkpoint decides which (``load_tokenizer``):
+  * an import of an HF / google-research model (bertjax.convert) holds ``vocab.txt`` and its
+    casing: WordPiece, id for id like BertTokenizer;
+  * a bertjax pre-training run saved its config with each checkpoint; that config names its data
+    directory (bertjax.inputs.data_path) whose ``metadata.json`` names the sentencepiece model.
+
+TensorFlow is not imported here: tokenising is host-side numpy work.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+from bertjax import wordpiece
+from bertjax.data.errors import DataError
+
+FEATURE_KEYS = ("input_ids", "input_mask", "segment_ids")
+
+
+class TaskTokenizer(Protocol):
+    """What featurisation needs from a tokenizer (both adapters below provide it)."""
+
+    cls_id: int
+    sep_id: int
+    pad_id: int
+    vocab_size: int
+    source: str
+    path: str
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]: ...
+
+
+class SentencePieceAdapter:
+    """bertjax's sentencepiece Tokenizer with the attribute names featurisation uses."""
+
+    def __init__(self, path: str):
+        from bertjax.data import tokenizer as sp  # sentencepiece: only when this kind is used
+        self._tok = sp.Tokenizer.load(path)
+        self.cls_id, self.sep_id, self.pad_id = sp.CLS_ID, sp.SEP_ID, sp.PAD_ID
+        self.vocab_size = self._tok.vocab_size
+        self.source = f"sentencepiece {path}"
+        self.path = path  # what config.tokenizer takes to load this tokenizer again
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return self._tok.encode(list(texts))
+
+
+class WordPieceAdapter:
+    """An imported checkpoint's WordPiece vocabulary (vocab.txt + tokenizer_config.json)."""
+
+    def __init__(self, directory: str, do_lower_case: bool | None = None):
+        try:
+            self._tok = wordpiece.WordPieceTokenizer.from_dir(directory, do_lower_case)
+        except (FileNotFoundError, ValueError) as e:
+            raise DataError(str(e)) from None
+        self.cls_id, self.sep_id, self.pad_id = (self._tok.cls_id, self._tok.sep_id,
+                                                 self._tok.pad_id)
+        self.vocab_size = self._tok.vocab_size
+        casing = "uncased" if self._tok.do_lower_case else "cased"
+        self.source = f"WordPiece {os.path.join(directory, 'vocab.txt')} ({casing})"
+        self.path = directory
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return self._tok.encode_batch(list(texts))
+
+
+def latest_saved_config(workdir: str) -> dict | None:
+    """The run config saved with the newest checkpoint step of a bertjax workdir (or None).
+
+    Read as the JSON file orbax wrote, without opening a CheckpointManager: this runs before
+    JAX is set up and must not create anything in someone else's workdir.
+    """
+    root = os.path.join(workdir, "checkpoints")
+    steps = sorted((int(s) for s in os.listdir(root) if s.isdigit()), reverse=True) \
+        if os.path.isdir(root) else []
+    for step in steps:
+        path = os.path.join(root, str(step), "config", "metadata")
+        if os.path.exists(path):
+            with open(path) as f:
+                return json.load(f)
+    return None
+
+
+def sentencepiece_path_of(saved: dict) -> str | None:
+    """Where a pre-training run's sentencepiece model lives, from its saved config."""
+    import ml_collections
+
+    from bertjax import inputs  # numpy-only module; data_path resolves the embedded default
+
+    config = ml_collections.ConfigDict(saved)
+    data_dir = inputs.data_path(config) if config.data.source in ("embedded", "prepared") else ""
+    meta_path = os.path.join(data_dir, "metadata.json") if data_dir else ""
+    if not meta_path or not os.path.exists(meta_path):
+        return None
+    with open(meta_path) as f:
+        meta = json.load(f)
+    return os.path.join(data_dir, meta.get("tokenizer", "tokenizer.model"))
+
+
+def load_tokenizer(init_from: str, override: str = "",
+                   do_lower_case: bool | None = None) -> TaskTokenizer:
+    """The tokenizer of a checkpoint.
+
+    Args:
+      init_from: a bertjax workdir (pre-training run or import).
+      override: a sentencepiece .model file or a directory with vocab.txt, used instead of
+        looking it up (a run on bert_tfrecords data, or a moved data directory).
+      do_lower_case: WordPiece casing when the import did not record it.
+
+    Returns:
+      An object with encode_batch, cls_id, sep_id, pad_id, vocab_size and source.
+
+    Raises:
+      DataError: one line saying where it looked and what to pass instead.
+    """
+    if override:
+        if os.path.isdir(override):
+            return WordPieceAdapter(override, do_lower_case)
+        return SentencePieceAdapter(override)
+    if os.path.exists(os.path.join(init_from, "vocab.txt")):
+        return WordPieceAdapter(init_from, do_lower_case)
+    saved = latest_saved_config(init_from)
+    path = sentencepiece_path_of(saved) if saved else None
+    if path is None or not os.path.exists(path):
+        raise DataError(
+            f"config.init_from={init_from}: found no tokenizer (no vocab.txt there, and "
+            f"{'no saved run config' if saved is None else 'its data directory holds no tokenizer'}"
+            "); pass --config.tokenizer=PATH (a sentencepiece .model or a dir with vocab.txt)")
+    return SentencePieceAdapter(path)
+
+
+def encode(examples: Sequence[dict[str, Any]], tok: TaskTokenizer, max_length: int,
+           regression: bool = False) -> dict[str, np.ndarray]:
+    """Featurises reader examples.
+
+    Args:
+      examples: [{"text_a", "text_b" (None for single sentences), "label"}].
+      tok: see ``load_tokenizer``.
+      max_length: L, including [CLS] and the [SEP]s.
+      regression: labels are floats (else class ids; None labels become -1 / nan).
+
+    Returns:
+      input_ids, input_mask, segment_ids int32 [N, L]; label int32 or float32 [N].
+    """
+    n = len(examples)
+    ids_a = tok.encode_batch([e["text_a"] for e in examples])
+    pair = n > 0 and examples[0].get("text_b") is not None
+    ids_b = tok.encode_batch([e["text_b"] or "" for e in examples]) if pair else [None] * n
+    out = {k: np.zeros((n, max_length), np.int32) for k in FEATURE_KEYS}
+    out["input_ids"][:] = tok.pad_id
+    for i, (a, b) in enumerate(zip(ids_a, ids_b)):
+        ids, seg = wordpiece.pack_pair(a, b, max_length, tok.cls_id, tok.sep_id)
+        out["input_ids"][i, :len(ids)] = ids
+        out["input_mask"][i, :len(ids)] = 1
+        out["segment_ids"][i, :len(ids)] = seg
+    if regression:
+        out["label"] = np.array([np.nan if e["label"] is None else e["label"]
+                                 for e in examples], np.float32)
+    else:
+        out["label"] = np.array([-1 if e["label"] is None else e["label"] for e in examples],
+                                np.int32)
+    return out
+
+
+def find_split(directory: str, name: str) -> str | None:
+    """``directory/name.{tsv,csv,jsonl,json}`` if exactly one exists (demo and GLUE dirs)."""
+    hits = [p for p in glob.glob(os.path.join(directory, name + ".*"))
+            if p.rsplit(".", 1)[-1] in ("tsv", "csv", "jsonl", "json")]
+    return hits[0] if len(hits) == 1 else None

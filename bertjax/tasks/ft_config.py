@@ -1,0 +1,49 @@
+"""Defaults of a fine-tuning run, shared by configs/glue.py and configs/demo.py.
+
+It starts from the pre-training ``base_config`` (mesh, sharding rules, model, optimizer keys mean
+the same thing) and replaces ``data`` with the task's files and columns. The encoder's sizes come
+from ``init_from`` (a pre-training workdir or an import); ``config.model`` matters only for a
+run from scratch.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from bertjax.config import base_config
+
+
+def finetune_config(task: str) -> ml_collections.ConfigDict:
+    """BERT's fine-tuning recipe: AdamW lr 5e-5, 10% warmup then linear decay, 3 epochs,
+    batch 32, sequences of 128, dropout 0.1 on the pooled output."""
+    c = base_config()
+    c.task = task  # a GLUE task name (sst2, mrpc, stsb, ...), "custom" or "demo"
+    c.data = ml_collections.ConfigDict()
+    c.data.train = ""  # files: GLUE TSV for GLUE tasks; .csv/.tsv/.jsonl for custom tasks
+    c.data.dev = ""
+    c.data.test = ""  # optional, unlabelled: predictions/test.tsv
+    c.data.text_a = ""  # custom tasks: column names
+    c.data.text_b = ""
+    c.data.label = "label"
+    c.data.labels = ""  # custom classification: comma-separated, in class-id order
+    c.data.regression = False
+    c.data.format = ""  # csv | tsv | jsonl; "" = from the file extension
+    c.data.demo_train = 0  # demo: examples per split (0: the demo's defaults)
+    c.data.demo_dev = 0
+    c.tokenizer = ""  # "": the checkpoint's; or a sentencepiece .model / a dir with vocab.txt
+    c.do_lower_case = ""  # "", "true", "false": WordPiece casing if the import did not record it
+    c.optim.name = "adamw"
+    c.optim.lr = 5e-5
+    c.optim.warmup_steps = -1  # -1: warmup_fraction of the steps
+    c.optim.weight_decay = 0.01
+    c.warmup_fraction = 0.1
+    c.num_epochs = 3.0
+    c.total_steps = 0  # 0: num_epochs over the training set
+    c.global_batch_size = 32
+    c.eval_batch_size = 64
+    c.max_seq_length = 128
+    c.head_dropout = 0.1
+    c.eval_every = 0  # 0: once per epoch (and at the end)
+    c.log_every = 10
+    c.compare_scratch = False  # also train the same model from random init, same steps
+    return c
