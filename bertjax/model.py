@@ -171,10 +171,11 @@ class Embeddings(nn.Module):
             pos = pos.astype(self.cfg.compute_dtype)
         else:  # packed sequences restart their positions
             pos = self.position_embeddings(position_ids)
-        # Token types: a one-hot matmul over the few rows instead of a gather, whose backward
-        # would be B*L scattered adds into 2 rows.
-        types = jax.nn.one_hot(segment_ids, self.cfg.type_vocab_size, dtype=self.cfg.compute_dtype)
-        types = types @ self.token_type_embeddings.embedding.astype(self.cfg.compute_dtype)
+        # Token types: a select over the few rows instead of a gather, whose backward would be
+        # B*L scattered adds into 2 rows; this one's is a masked sum.
+        table = self.token_type_embeddings.embedding.astype(self.cfg.compute_dtype)  # [T, D]
+        types = sum((segment_ids == t)[..., None].astype(self.cfg.compute_dtype) * table[t]
+                    for t in range(self.cfg.type_vocab_size))  # [B, L, D]
         x = words + pos + types  # [B, L, D]
         x = self.layer_norm(x)
         x = sharding.constrain(x, ("act_batch", "act_len", "act_embed"))

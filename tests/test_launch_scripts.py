@@ -215,7 +215,9 @@ def test_slurm_one_process_per_node_sees_every_gpu(tmp_path):
 
 
 def test_slurm_tasks_that_match_neither_gpus_nor_nodes_are_refused():
-    line = one_line_error(run(SLURM, env=_slurm_env(3, 8, DRY_RUN="1")))
+    # a shared-looking workdir, so no node-local warning joins the error wherever CI runs
+    line = one_line_error(run(SLURM, env=_slurm_env(3, 8, DRY_RUN="1",
+                                                    WORKDIR="/shared/runs/x")))
     assert "3 tasks per node" in line and "--ntasks-per-node=8" in line
 
 
