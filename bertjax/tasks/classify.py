@@ -424,6 +424,28 @@ def run(config: Any, workdir: str, eval_only: bool = False, overwrite: bool = Fa
     chief = multihost.is_chief()
     say = (lambda s: print(f"[{tag}] {s}" if tag else s, flush=True)) if chief else (lambda s: 0)
     # 1. check: config, files, labels and tokenizer, all before compiling or writing
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    saved = features.latest_saved_config(workdir)
+    if eval_only:
+        if saved is None:
+            raise config_lib.ConfigError(f"--workdir={workdir} holds no fine-tuned checkpoint "
+                                         "to evaluate; run without --eval_only first")
+        # The fine-tuned model is what the workdir says it is, whatever this command line says.
+        with config.unlocked():
+            config.task = saved.get("task", config.task)
+            config.init_from = saved.get("init_from", "")
+            config.tokenizer = saved.get("tokenizer", "") or config.tokenizer
+            config.model = ml_collections.ConfigDict(saved["model"])
+            for key, value in saved.get("data", {}).items():  # files the command leaves out
+                if key in config.data and not config.data[key] and value:
+                    config.data[key] = value
+    else:
+        if saved is not None and not overwrite:
+            raise config_lib.ConfigError(f"--workdir={workdir} already holds a fine-tuned model; "
+                                         "use --eval_only, another workdir, or --overwrite")
+        if config.init_from and not os.path.isdir(config.init_from):
+            raise config_lib.ConfigError(f"config.init_from={config.init_from!r} does not exist; "
+                                         "give a pre-training workdir or an import")
     task = resolve_task(config)
     d = config.data
     if not eval_only and not d.train:
@@ -435,24 +457,6 @@ def run(config: Any, workdir: str, eval_only: bool = False, overwrite: bool = Fa
     for key in ("train", "dev", "test"):
         if d[key] and not os.path.isfile(d[key]) and not (key == "train" and eval_only):
             raise config_lib.ConfigError(f"config.data.{key}={d[key]!r} does not exist")
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    saved = features.latest_saved_config(workdir)
-    if eval_only:
-        if saved is None:
-            raise config_lib.ConfigError(f"--workdir={workdir} holds no fine-tuned checkpoint "
-                                         "to evaluate; run without --eval_only first")
-        # The fine-tuned model is what the workdir says it is, whatever this command line says.
-        with config.unlocked():
-            config.init_from = saved.get("init_from", "")
-            config.tokenizer = saved.get("tokenizer", "") or config.tokenizer
-            config.model = ml_collections.ConfigDict(saved["model"])
-    else:
-        if saved is not None and not overwrite:
-            raise config_lib.ConfigError(f"--workdir={workdir} already holds a fine-tuned model; "
-                                         "use --eval_only, another workdir, or --overwrite")
-        if config.init_from and not os.path.isdir(config.init_from):
-            raise config_lib.ConfigError(f"config.init_from={config.init_from!r} does not exist; "
-                                         "give a pre-training workdir or an import")
     if not config.init_from and not config.tokenizer:
         raise config_lib.ConfigError("no tokenizer: set config.init_from (a workdir whose "
                                      "tokenizer is used) or config.tokenizer=PATH")
@@ -556,7 +560,9 @@ def run(config: Any, workdir: str, eval_only: bool = False, overwrite: bool = Fa
                 if log:
                     log.write(json.dumps({"step": done, "split": "dev", **result}) + "\n")
                     log.flush()
-                if not result[head] <= best[head]:  # nan never counts as better
+                # The first evaluation is always kept; later ones only when strictly better
+                # (a nan correlation, from constant predictions, never is).
+                if best["step"] is None or result[head] > best[head]:
                     best = {"step": done, **result}
                     ckpt.save(done, state, config, force=True)
                     if chief:
@@ -582,7 +588,8 @@ def run(config: Any, workdir: str, eval_only: bool = False, overwrite: bool = Fa
                len(trainset["label"]), "init_from": config.init_from or None,
                "seconds": time.perf_counter() - t_start}
     if chief:
-        _json(os.path.join(workdir, "metrics.json"), summary)
+        _json(os.path.join(workdir, "eval_metrics.json" if eval_only else "metrics.json"),
+              summary)
         log.close() if log else None
         say(f"dev {head} {result[head]:.4f} (checkpoint of step {best['step']}); "
             f"predictions in {os.path.join(workdir, 'predictions')}")

@@ -15,7 +15,6 @@ TensorFlow is not imported here: tokenising is host-side numpy work.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 from typing import Any, Protocol, Sequence
@@ -172,9 +171,3 @@ def encode(examples: Sequence[dict[str, Any]], tok: TaskTokenizer, max_length: i
                                 np.int32)
     return out
 
-
-def find_split(directory: str, name: str) -> str | None:
-    """``directory/name.{tsv,csv,jsonl,json}`` if exactly one exists (demo and GLUE dirs)."""
-    hits = [p for p in glob.glob(os.path.join(directory, name + ".*"))
-            if p.rsplit(".", 1)[-1] in ("tsv", "csv", "jsonl", "json")]
-    return hits[0] if len(hits) == 1 else None
