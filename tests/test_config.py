@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-from ml_collections import config_flags
 
 from bertjax import config as config_lib
 

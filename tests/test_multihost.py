@@ -15,7 +15,6 @@ import sys
 import time
 
 import numpy as np
-import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = ["--config=configs/bert_tiny.py:runlocal", "--config.data.source=synthetic",

@@ -300,7 +300,6 @@ def test_a_damaged_latest_checkpoint_is_skipped_with_a_message(tmp_path, capsys)
 ])
 def test_bad_inputs_to_the_command_are_one_line(cache, tmp_path, extra, workdir, message):
     wd = workdir if workdir.startswith("/") else str(tmp_path / workdir)
-    log = tmp_path / "cli.log"
     env = dict(os.environ, PYTHONPATH=ROOT, BERTJAX_CACHE=str(cache),
                XLA_FLAGS="--xla_force_host_platform_device_count=8")
     extra = [e.replace("{cache}", str(cache)) for e in extra]

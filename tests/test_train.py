@@ -1,9 +1,7 @@
 """The train step: sharded == unsharded, accumulation == big batch, LAMB exclusions, one compile."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from bertjax import config as config_lib
