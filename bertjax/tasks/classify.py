@@ -6,7 +6,8 @@ The fine-tuning run, in phases (``run``):
               is compiled, so a bad row stops the run with one line (DataError);
   2. build    the mesh, ``SequenceClassifier`` (BertModel + dropout + dense on the pooled output,
               1 unit and MSE for regression) born sharded by the same logical rules as
-              pre-training; the encoder's parameters restored from ``config.init_from``;
+              pre-training; the encoder's parameters restored from ``config.init_from``
+              (sizes, sharded state and restore: bertjax/tasks/encoder.py);
   3. train    AdamW with warmup + linear decay (bertjax.optim); dev evaluation on a cadence;
               the checkpoint of the best dev headline metric is the only one kept;
   4. report   dev metrics (printed, metrics.json), GLUE-style prediction TSVs (index, prediction).
@@ -23,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import logging
 import math
 import os
 import shutil
@@ -36,7 +36,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh
 
 from bertjax import checkpoint as ckpt_lib
 from bertjax import config as config_lib
@@ -47,6 +46,7 @@ from bertjax import sharding
 from bertjax import train
 from bertjax.data import tasks as readers
 from bertjax.data.errors import DataError
+from bertjax.tasks import encoder
 from bertjax.tasks import features
 from bertjax.tasks import metrics as metrics_lib
 
@@ -220,57 +220,6 @@ def jit_steps(fns: train.StepFns, batch_like: dict, regression: bool) -> tuple[C
     return step, evaluate_
 
 
-def create_state(model: SequenceClassifier, tx: optax.GradientTransformation, mesh: Mesh,
-                 rules: tuple, seed: int, seq_len: int) -> tuple[train.TrainState, Any]:
-    """The train state born sharded (eval_shape -> logical specs -> jit with out_shardings)."""
-    ids = jnp.zeros((1, seq_len), jnp.int32)
-    boxed = jax.eval_shape(lambda r: model.init({"params": r}, ids, ids, ids)["params"],
-                           jax.random.PRNGKey(0))
-    params_abs = nn.meta.unbox(boxed)
-    params_sh = sharding.tree_shardings(params_abs, sharding.logical_specs(boxed), mesh, rules)
-    opt_sh = sharding.like_params_shardings(jax.eval_shape(tx.init, params_abs),
-                                            jax.tree.structure(params_abs), params_sh, mesh)
-    repl = sharding.replicated(mesh)
-    shardings = train.TrainState(step=repl, params=params_sh, opt_state=opt_sh, rng=repl,
-                                 bad_streak=repl)
-
-    def init(key):
-        init_key, run_key = jax.random.split(key)
-        params = nn.meta.unbox(model.init({"params": init_key}, ids, ids, ids)["params"])
-        return train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                                opt_state=tx.init(params), rng=run_key,
-                                bad_streak=jnp.zeros((), jnp.int32))
-
-    return jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(seed)), shardings
-
-
-def restore_encoder(path: str, state: train.TrainState, shardings: Any) -> train.TrainState:
-    """Replaces the encoder ("bert") parameters with those of a bertjax workdir's latest step;
-    the pre-training heads there (MLM, NSP) are not read, the classifier head stays fresh."""
-    import orbax.checkpoint as ocp
-
-    from bertjax import loop  # its shape check names the first mismatching tensor
-
-    root = os.path.join(path, "checkpoints") if os.path.isdir(
-        os.path.join(path, "checkpoints")) else path
-    steps = sorted(int(s) for s in os.listdir(root) if s.isdigit()) if os.path.isdir(root) else []
-    step_dir = path if os.path.isdir(os.path.join(path, "state")) else (
-        os.path.join(root, str(steps[-1])) if steps else "")
-    if not step_dir:
-        raise config_lib.ConfigError(f"config.init_from={path!r} holds no bertjax checkpoint; "
-                                     "give a pre-training workdir or an import")
-    encoder = {"bert": state.params["bert"]}
-    loop._check_shapes(os.path.abspath(os.path.join(step_dir, "state")), encoder, step_dir)
-    target = {"params": {"bert": ckpt_lib.abstract_like(encoder["bert"],
-                                                        shardings.params["bert"])}}
-    restored = ocp.PyTreeCheckpointer().restore(
-        os.path.abspath(os.path.join(step_dir, "state")),
-        args=ocp.args.PyTreeRestore(target, restore_args=ocp.checkpoint_utils
-                                    .construct_restore_args(target), partial_restore=True))
-    logging.info("encoder initialised from %s", step_dir)
-    return state.replace(params={**state.params, "bert": restored["params"]["bert"]})
-
-
 # ------------------------------------------------------------------------------------- data
 
 
@@ -322,71 +271,6 @@ def _resolved(config: Any, train_size: int) -> tuple[int, int]:
     warmup = (config.optim.warmup_steps if config.optim.warmup_steps >= 0
               else int(config.warmup_fraction * steps))
     return steps, min(warmup, steps)
-
-
-def model_config_for(config: Any) -> model_lib.BertConfig:
-    """The encoder's sizes: those of ``init_from`` (pre-training run or import), with this
-    config's dropout and numerics; ``config.model`` when training from scratch."""
-    if not config.init_from:
-        return config_lib.model_config(config)
-    from bertjax import convert_io  # model_config.json of imports
-
-    try:
-        if os.path.exists(os.path.join(config.init_from, convert_io.MODEL_CONFIG)):
-            cfg = convert_io.workdir_model_config(config.init_from, None)
-        else:
-            saved = features.latest_saved_config(config.init_from)
-            if saved is None:
-                raise config_lib.ConfigError(
-                    f"config.init_from={config.init_from!r} holds no checkpoint with a saved "
-                    "config; give a pre-training workdir or an import")
-            # Over today's defaults: runs saved before a model key existed lack it.
-            full = config_lib.base_config()
-            full.model.update(saved.get("model", {}))
-            cfg = config_lib.model_config(full)
-    except convert_io.ConvertError as e:
-        raise config_lib.ConfigError(f"config.init_from: {e}") from None
-    m = config.model
-    return dataclasses.replace(cfg, hidden_dropout=m.hidden_dropout,
-                               attention_dropout=m.attention_dropout, dtype=m.dtype,
-                               attention_impl=m.attention_impl)
-
-
-def check_mesh(config: Any, cfg: model_lib.BertConfig) -> Mesh:
-    """The mesh, with batch divisibility and model fit checked, each failure one line."""
-    try:
-        shape = sharding.mesh_shape(config.mesh.data, config.mesh.fsdp, config.mesh.tensor,
-                                    jax.device_count())
-    except sharding.MeshError as e:
-        raise config_lib.ConfigError(str(e)) from None
-    mesh = sharding.make_mesh(*shape)
-    split = sharding.batch_parallelism(mesh, tuple(tuple(r) for r in config.sharding.rules))
-    for key in ("global_batch_size", "eval_batch_size"):
-        if config[key] < 1 or config[key] % split or config[key] % jax.process_count():
-            raise config_lib.ConfigError(
-                f"config.{key}={config[key]} is not a positive multiple of the batch-parallel "
-                f"devices ({split}) and processes ({jax.process_count()}); use a multiple of "
-                f"{math.lcm(split, jax.process_count())}")
-    if cfg.num_heads % shape[2]:
-        raise config_lib.ConfigError(f"model heads={cfg.num_heads} are not divisible by "
-                                     f"config.mesh.tensor={shape[2]}")
-    if config.max_seq_length > cfg.max_position_embeddings or config.max_seq_length < 8:
-        raise config_lib.ConfigError(
-            f"config.max_seq_length={config.max_seq_length}; expected 8.."
-            f"{cfg.max_position_embeddings} (the model's positions)")
-    return mesh
-
-
-def record_model(config: Any, cfg: model_lib.BertConfig) -> None:
-    """Writes the encoder's exact sizes into ``config.model`` so the config saved with the
-    fine-tuned checkpoint describes it completely (eval_only and the scratch baseline)."""
-    m = config.model
-    with config.unlocked():
-        m.preset = "custom"
-        for key in ("num_layers", "hidden_size", "num_heads", "intermediate_size", "vocab_size",
-                    "max_position_embeddings", "type_vocab_size", "hidden_act", "dtype",
-                    "param_dtype", "attention_impl", "hidden_dropout", "attention_dropout"):
-            m[key] = getattr(cfg, key)
 
 
 def _write_predictions(path: str, task: Task, outputs: np.ndarray) -> None:
@@ -462,15 +346,15 @@ def run(config: Any, workdir: str, eval_only: bool = False, overwrite: bool = Fa
                                      "tokenizer is used) or config.tokenizer=PATH")
     casing = {"": None, "true": True, "false": False}.get(str(config.do_lower_case).lower())
     tok = features.load_tokenizer(config.init_from, config.tokenizer, casing)
-    model_cfg = model_config_for(config) if not eval_only else config_lib.model_config(config)
-    record_model(config, model_cfg)
+    model_cfg = encoder.model_config_for(config) if not eval_only else config_lib.model_config(config)
+    encoder.record_model(config, model_cfg)
     with config.unlocked():
         config.tokenizer = tok.path  # saved with the checkpoint: eval_only needs no init_from
     if tok.vocab_size > model_cfg.vocab_size:
         raise config_lib.ConfigError(f"tokenizer {tok.source} has {tok.vocab_size} tokens but "
                                      f"the model only {model_cfg.vocab_size}; use the "
                                      "checkpoint's own tokenizer")
-    mesh = check_mesh(config, model_cfg)
+    mesh = encoder.check_mesh(config, model_cfg)
     regression = task.regression
     dev = features.encode(read_split(config, task, d.dev), tok, config.max_seq_length,
                           regression)
@@ -498,7 +382,7 @@ def run(config: Any, workdir: str, eval_only: bool = False, overwrite: bool = Fa
     model = SequenceClassifier(model_cfg, task.num_outputs, config.head_dropout)
     tx, schedule = optim.make_optimizer(config)
     rules = tuple(tuple(r) for r in config.sharding.rules)
-    state, state_sh = create_state(model, tx, mesh, rules, config.seed, config.max_seq_length)
+    state, state_sh = encoder.create_state(model, tx, mesh, rules, config.seed, config.max_seq_length)
     fns = train.StepFns(model=model, tx=tx, schedule=schedule, mesh=mesh, rules=rules,
                         state_shardings=state_sh)
     if overwrite and chief and os.path.isdir(ckpt_dir) and not eval_only:
@@ -530,7 +414,7 @@ def run(config: Any, workdir: str, eval_only: bool = False, overwrite: bool = Fa
         state, best["step"] = ckpt.restore(abstract)
     else:
         if config.init_from:
-            state = restore_encoder(config.init_from, state, state_sh)
+            state = encoder.restore_encoder(config.init_from, state, state_sh)
         # 3. train: a fresh permutation each epoch, the same on every host
         n = len(trainset["label"])
         per_epoch = n // config.global_batch_size

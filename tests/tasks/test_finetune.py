@@ -22,6 +22,7 @@ from bertjax import model as model_lib
 from bertjax import sharding
 from bertjax import train
 from bertjax.tasks import classify
+from bertjax.tasks import encoder
 from bertjax.tasks import features
 from bertjax.tasks.ft_config import finetune_config
 
@@ -77,7 +78,7 @@ def _eval_once(devices, data, regression=False):
     c.total_steps = 10
     from bertjax import optim
     tx, schedule = optim.make_optimizer(c)
-    state, sh = classify.create_state(model, tx, mesh, rules, 0, 12)
+    state, sh = encoder.create_state(model, tx, mesh, rules, 0, 12)
     fns = train.StepFns(model=model, tx=tx, schedule=schedule, mesh=mesh, rules=rules,
                         state_shardings=sh)
     like = {k: np.zeros((8,) + v.shape[1:], v.dtype) for k, v in data.items()}
