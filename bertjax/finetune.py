@@ -1,5 +1,7 @@
-"""Fine-tune BERT on a sentence (pair) task: ``python -m bertjax.finetune --config=configs/glue.py:task=sst2
---config.init_from=WORKDIR --config.data.train=... --config.data.dev=... --workdir=runs/sst2``.
+"""Fine-tune BERT on a sentence (pair) task::
+
+    python -m bertjax.finetune --config=configs/glue.py:task=sst2 --config.init_from=WORKDIR \
+        --config.data.train=... --config.data.dev=... --workdir=runs/sst2
 
 Kept short on purpose: flags, then the library (bertjax/tasks/classify.py) does the work.
 ``--eval_only`` evaluates the checkpoint a fine-tuning kept; ``--config=configs/demo.py`` runs the

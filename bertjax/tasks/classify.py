@@ -346,7 +346,8 @@ def run(config: Any, workdir: str, eval_only: bool = False, overwrite: bool = Fa
                                      "tokenizer is used) or config.tokenizer=PATH")
     casing = {"": None, "true": True, "false": False}.get(str(config.do_lower_case).lower())
     tok = features.load_tokenizer(config.init_from, config.tokenizer, casing)
-    model_cfg = encoder.model_config_for(config) if not eval_only else config_lib.model_config(config)
+    model_cfg = (config_lib.model_config(config) if eval_only  # as the workdir recorded it
+                 else encoder.model_config_for(config))
     encoder.record_model(config, model_cfg)
     with config.unlocked():
         config.tokenizer = tok.path  # saved with the checkpoint: eval_only needs no init_from
@@ -382,7 +383,8 @@ def run(config: Any, workdir: str, eval_only: bool = False, overwrite: bool = Fa
     model = SequenceClassifier(model_cfg, task.num_outputs, config.head_dropout)
     tx, schedule = optim.make_optimizer(config)
     rules = tuple(tuple(r) for r in config.sharding.rules)
-    state, state_sh = encoder.create_state(model, tx, mesh, rules, config.seed, config.max_seq_length)
+    state, state_sh = encoder.create_state(model, tx, mesh, rules, config.seed,
+                                           config.max_seq_length)
     fns = train.StepFns(model=model, tx=tx, schedule=schedule, mesh=mesh, rules=rules,
                         state_shardings=state_sh)
     if overwrite and chief and os.path.isdir(ckpt_dir) and not eval_only:

@@ -165,6 +165,7 @@ def test_unknown_label_is_one_line_exit_2(imported, tmp_path):
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2, p.stderr[-2000:]
     lines = [l for l in p.stderr.splitlines() if l.strip()]
-    assert lines[-1].startswith("error: ") and "'maybe'" in lines[-1] and "bad_label.tsv:3" in lines[-1]
+    assert lines[-1].startswith("error: ")
+    assert "'maybe'" in lines[-1] and "bad_label.tsv:3" in lines[-1]
     assert not any("Traceback" in l for l in lines)
     assert not os.path.exists(tmp_path / "bad" / "checkpoints")
