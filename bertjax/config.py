@@ -169,13 +169,14 @@ def two_phase_config(preset: str, arg: str | None) -> ml_collections.ConfigDict:
 def model_config(config: ml_collections.ConfigDict) -> model_lib.BertConfig:
     """The frozen model config described by ``config.model``."""
     m = config.model
-    sizes = {k: m[k] for k in ("num_layers", "hidden_size", "num_heads", "intermediate_size")
-             if m[k]}
+    # .get: configs saved before these keys existed still describe their preset
+    sizes = {k: m.get(k, 0) for k in ("num_layers", "hidden_size", "num_heads",
+                                      "intermediate_size") if m.get(k, 0)}
     if m.preset == "custom" and len(sizes) < 4:
         raise ConfigError("model.preset='custom' needs model.num_layers, hidden_size, num_heads "
                           "and intermediate_size; set all four (or use a named preset)")
-    if m.hidden_size and not m.intermediate_size and m.preset != "custom":
-        sizes["intermediate_size"] = 4 * m.hidden_size
+    if sizes.get("hidden_size") and "intermediate_size" not in sizes and m.preset != "custom":
+        sizes["intermediate_size"] = 4 * sizes["hidden_size"]
     try:
         return model_lib.BertConfig.preset(
             "base" if m.preset == "custom" else m.preset, **sizes, vocab_size=m.vocab_size, max_position_embeddings=m.max_position_embeddings,
