@@ -22,6 +22,9 @@ import sys
 import tempfile
 import time
 
+# The comparison at the end restores 8-device checkpoints in this process: same device count.
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = ["--config.model.vocab_size=1000", "--config.data.max_documents=120",
          "--config.global_batch_size=16", "--config.eval_batch_size=16",
