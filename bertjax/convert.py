@@ -22,6 +22,7 @@ torch tensors passed in are converted by duck typing.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import logging
 import os
@@ -591,7 +592,7 @@ def load_tf_checkpoint(directory: str) -> tuple[dict[str, Any], dict[str, np.nda
         raise FileNotFoundError(f"{directory} has no TF checkpoint (*.index and *.data-*); "
                                 "expected e.g. bert_model.ckpt.index")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf  # local: only this path needs TensorFlow
+    tf = importlib.import_module("tensorflow")  # only this path needs TensorFlow
 
     tf.config.set_visible_devices([], "GPU")  # reading a checkpoint needs no accelerator
 

@@ -13,6 +13,7 @@ hands TensorFlow objects to the JAX side, only numpy dicts and iterators with sa
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -129,7 +130,7 @@ def _tf_kwargs(config: Any) -> dict:
 
 
 def _hide_accelerators_from_tf() -> None:
-    import tensorflow as tf  # noqa: the data side only
+    tf = importlib.import_module("tensorflow")  # the data side only, lazily
     tf.config.set_visible_devices([], "GPU")
 
 

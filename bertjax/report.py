@@ -6,6 +6,7 @@ Only process 0 writes. TensorBoard events go through tf.summary when TensorFlow 
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import logging
@@ -25,7 +26,7 @@ class MetricsWriter:
         if not enabled:
             return
         try:
-            import tensorflow as tf  # noqa: optional, for event files only
+            tf = importlib.import_module("tensorflow")  # optional: event files only
             self._tf = tf
         except ImportError:
             self._tf = None
