@@ -28,6 +28,7 @@ import numpy as np
 from flax import traverse_util
 
 from bertjax import convert
+from bertjax import convert_tf
 from bertjax import model as model_lib
 from bertjax import wordpiece
 
@@ -79,7 +80,7 @@ def _read_source(kind: str, directory: str) -> tuple[dict, dict[str, np.ndarray]
         if kind == "hf":
             config, tensors = convert.load_hf_checkpoint(directory)
         elif kind == "tf":
-            config, tensors = convert.load_tf_checkpoint(directory)
+            config, tensors = convert_tf.load_tf_checkpoint(directory)
         else:
             raise ConvertError(f"--from={kind!r}; expected 'hf' or 'tf'")
     except (FileNotFoundError, json.JSONDecodeError) as e:
@@ -229,7 +230,7 @@ def import_checkpoint(kind: str, input_dir: str, workdir: str,
     ignored: list[str] = []
     try:
         if kind == "tf":
-            tensors, ignored = convert.tf_to_hf_tensors(tensors, cfg)
+            tensors, ignored = convert_tf.tf_to_hf_tensors(tensors, cfg)
         params, report = convert.params_from_hf(tensors, cfg, init_params=_init_params(cfg))
     except ValueError as e:
         raise ConvertError(str(e)) from None

@@ -250,7 +250,7 @@ def test_trained_model_exports_to_transformers_and_imports_back_bitwise(trained_
 
 def _google_research_tensors(cfg: model.BertConfig, seed: int):
     """The same random weights twice: under google-research/bert names and layouts, and under
-    HF names. Written out by hand here, independently of convert.tf_name_table."""
+    HF names. Written out by hand here, independently of convert_tf.tf_name_table."""
     rng = np.random.default_rng(seed)
     d, f, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
     tf_vars, hf = {}, {}

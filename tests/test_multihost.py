@@ -7,7 +7,6 @@ order than the in-process one, and float addition is not associative. The synthe
 draws each global batch and hands every process its rows, so both runs see the same data.
 """
 
-import json
 import os
 import signal
 import subprocess
@@ -15,6 +14,8 @@ import sys
 import time
 
 import numpy as np
+
+from run_metrics import train_losses  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = ["--config=configs/bert_tiny.py:runlocal", "--config.data.source=synthetic",
@@ -24,14 +25,6 @@ RUN = ["--config=configs/bert_tiny.py:runlocal", "--config.data.source=synthetic
        "--config.model.attention_dropout=0.0"]
 
 
-def _losses(workdir):
-    out = {}
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        for line in f:
-            r = json.loads(line)
-            if r["split"] == "train":
-                out[r["step"]] = r["loss"]
-    return out
 
 
 def _launch(tmp, name, n, m, *extra, timeout=600):
@@ -54,7 +47,7 @@ def test_two_processes_match_one_and_checkpoints_cross_process_counts(tmp_path):
     assert two.returncode == 0, two.stderr[-3000:]
     one = _launch(tmp_path, "one", 1, 8, *steps)
     assert one.returncode == 0, one.stderr[-3000:]
-    a, b = _losses(tmp_path / "two"), _losses(tmp_path / "one")
+    a, b = train_losses(tmp_path / "two"), train_losses(tmp_path / "one")
     assert sorted(a) == sorted(b) == [1, 2, 3, 4]
     np.testing.assert_allclose([a[s] for s in sorted(a)], [b[s] for s in sorted(b)], rtol=1e-5)
     # the 2-process checkpoint continues in 1 process with 8 devices
@@ -62,7 +55,7 @@ def test_two_processes_match_one_and_checkpoints_cross_process_counts(tmp_path):
                    "--config.checkpoint_every=5")
     assert more.returncode == 0, more.stderr[-3000:]
     assert "resuming from checkpoint step 4" in more.stdout
-    assert 5 in _losses(tmp_path / "two")
+    assert 5 in train_losses(tmp_path / "two")
 
 
 def test_hosts_with_different_configs_stop_before_compiling(tmp_path):
@@ -97,7 +90,7 @@ def test_a_killed_process_stops_the_other_within_two_minutes(tmp_path):
         stderr=subprocess.STDOUT) for i in range(2)]
     deadline = time.time() + 400
     while time.time() < deadline:  # wait until training is under way
-        if os.path.exists(tmp_path / "run" / "metrics.jsonl") and len(_losses(
+        if os.path.exists(tmp_path / "run" / "metrics.jsonl") and len(train_losses(
                 tmp_path / "run")) >= 2:
             break
         assert all(p.poll() is None for p in procs)
@@ -131,7 +124,7 @@ def test_sigterm_on_one_host_saves_the_same_step_on_all_and_exits_0(tmp_path):
     try:
         deadline = time.time() + 400
         while time.time() < deadline:
-            if os.path.exists(workdir / "metrics.jsonl") and len(_losses(workdir)) >= 2:
+            if os.path.exists(workdir / "metrics.jsonl") and len(train_losses(workdir)) >= 2:
                 break
             assert all(p.poll() is None for p in procs)
             time.sleep(0.5)

@@ -23,6 +23,8 @@ from bertjax import config as config_lib
 from bertjax import sharding
 from bertjax import train
 
+from run_metrics import train_losses  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = ["--config.model.vocab_size=1000", "--config.data.max_documents=120",
         "--config.global_batch_size=16", "--config.eval_batch_size=16",
@@ -69,15 +71,6 @@ def _start(cache, workdir, *extra, devices=8):
                             stderr=subprocess.STDOUT)
 
 
-def _losses(workdir):
-    """step -> train loss, the last value written for each step (a resumed run rewrites)."""
-    out = {}
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        for line in f:
-            r = json.loads(line)
-            if r["split"] == "train":
-                out[r["step"]] = r["loss"]
-    return out
 
 
 def _wait_for_step(workdir, step, proc, timeout=300):
@@ -85,7 +78,7 @@ def _wait_for_step(workdir, step, proc, timeout=300):
     end = time.time() + timeout
     while time.time() < end:
         assert proc.poll() is None, "run ended before it could be interrupted"
-        if os.path.exists(path) and max(_losses(workdir), default=0) >= step:
+        if os.path.exists(path) and max(train_losses(workdir), default=0) >= step:
             return
         time.sleep(0.2)
     raise TimeoutError(step)
@@ -112,7 +105,7 @@ def test_exact_resume_after_sigkill(cache, straight, tmp_path):
     p.wait()
     assert _start(cache, broken, *steps).wait(timeout=600) == 0
     assert "resuming from checkpoint step" in _log(broken)
-    a, b = _losses(straight), _losses(broken)
+    a, b = train_losses(straight), train_losses(broken)
     assert sorted(a) == list(range(1, 13)) and sorted(b) == list(range(1, 13))
     assert a == b  # bitwise: JSON floats round-trip exactly
     sa, pa = _final_params(straight)
