@@ -29,7 +29,6 @@ neither torch nor TensorFlow: it must run on a GPU or TPU host that has only JAX
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import platform
@@ -47,6 +46,7 @@ from bertjax import multihost
 from bertjax import sharding
 from bertjax import synthetic
 from bertjax import train
+from bertjax.bench_report import format_report, write_json  # noqa: F401 (bench.write_json)
 
 # Dense bf16 tensor-core peaks (no sparsity) from the vendors' datasheets, per chip, in
 # TFLOP/s. Matched as substrings of jax's device_kind, most specific first.
@@ -437,75 +437,6 @@ def run(config: Any, steps: int, warmup: int, compare: bool = False,
         for r in results["compare"].values():
             r["bertjax_tokens_ratio"] = results["tokens_per_s"] / r["tokens_per_s"]
     return results
-
-
-def _si(x: float | None, unit: str) -> str:
-    if x is None:
-        return "n/a"
-    for scale, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= scale:
-            return f"{x / scale:.3g} {prefix}{unit}"
-    return f"{x:.3g} {unit}"
-
-
-def format_report(r: dict[str, Any]) -> str:
-    """The results as a readable table (the JSON holds the same numbers and every step time)."""
-    s = r["setup"]
-    fb = r["flops_breakdown"]
-    parts = ", ".join(f"{k} {100 * fb[k] / fb['total']:.0f}%" for k in fb if k != "total")
-    times = r["step_times_s"]
-    mem = r["memory"]
-    mem_s = ("n/a" if mem["peak_bytes"] is None
-             else f"{mem['peak_bytes'] / 2**30:.2f} GiB per device ({mem['source']})")
-    lines = [
-        f"bertjax bench   jax {r['jax_version']}   {r['backend']}: {r['device_kind']} x "
-        f"{r['num_devices']}   mesh {r['mesh']}",
-        f"model {s['preset']} ({s['layers']}x{s['hidden']}, {s['heads']} heads, "
-        f"{s['num_params'] / 1e6:.1f}M params)   batch {s['batch']} x seq {s['seq_len']}, "
-        f"{s['max_predictions']} predictions   {s['dtype']}   attention "
-        f"{s['attention_impl_resolved']}   "
-        f"dropout hidden {s['hidden_dropout']} attention {s['attention_dropout']}   "
-        f"{s['optimizer']}",
-        f"  compile        {r['compile_s']:.1f} s AOT (lower {r['lower_s']:.1f} s + XLA compile "
-        f"{r['xla_compile_s']:.1f} s)",
-        f"  step time      median {r['step_time_s'] * 1e3:.1f} ms (min {min(times) * 1e3:.1f}, "
-        f"max {max(times) * 1e3:.1f}; {len(times)} steps after {s['warmup']} warm-up)",
-        f"  throughput     {r['sequences_per_s']:.1f} seq/s   {r['tokens_per_s']:,.0f} tokens/s",
-        f"  model FLOPs    {_si(r['flops_per_step'], 'FLOP')}/step ({parts})",
-        f"  achieved       {_si(r['achieved_flops_per_s'], 'FLOP/s')} = "
-        f"{100 * r['mfu']:.1f}% of {r['peak_reference']}",
-        f"  matmul peak    {_si(r['measured_matmul_flops_per_s'], 'FLOP/s')} measured "
-        f"(achieved = {100 * r['fraction_of_measured_matmul']:.1f}% of it)",
-        f"  peak memory    {mem_s}",
-    ]
-    if "compare" in r:
-        mfu = r["table_peak_flops_per_s"] is not None  # an MFU column where a datasheet exists
-        lines += ["", f"  {'system':<14}{'compile s':>10}{'step ms':>10}{'tokens/s':>11}"
-                      f"{'FLOP/step':>12}{'FLOP/s':>12}{'% matmul':>10}"
-                      + (f"{'MFU':>8}" if mfu else "") + f"{'bertjax/x':>11}"]
-        rows = [dict(r, name="bertjax", bertjax_tokens_ratio=1.0)] + list(r["compare"].values())
-        for x in rows:
-            comp = "n/a" if x["compile_s"] is None else f"{x['compile_s']:.1f}"
-            lines.append(
-                f"  {x['name']:<14}{comp:>10}{x['step_time_s'] * 1e3:>10.1f}"
-                f"{x['tokens_per_s']:>11,.0f}{_si(x['flops_per_step'], ''):>12}"
-                f"{_si(x['achieved_flops_per_s'], ''):>12}"
-                f"{100 * x['fraction_of_measured_matmul']:>9.1f}%"
-                + (f"{100 * x['mfu']:>7.1f}%" if mfu else "")
-                + f"{x['bertjax_tokens_ratio']:>10.2f}x")
-        for x in rows[1:]:
-            lines.append(f"  {x['name']}: {x['note']}")
-        for name, err in r.get("compare_failed", {}).items():
-            lines.append(f"  {name}: FAILED {err}")
-    return "\n".join(lines)
-
-
-def write_json(results: dict[str, Any], path: str) -> None:
-    """Writes the results (numbers as plain floats) to ``path``, creating its directory."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(results, f, indent=1, default=float)
-        f.write("\n")
 
 
 def main() -> None:
