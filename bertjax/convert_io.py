@@ -150,6 +150,16 @@ def _casing(directory: str, do_lower_case: bool | None) -> dict[str, Any]:
     return settings
 
 
+def _write_tokenizer(directory: str, vocab: str, settings: dict,
+                     cfg: model_lib.BertConfig) -> None:
+    """vocab.txt and the HF tokenizer files for ``settings`` (do_lower_case and friends)."""
+    wordpiece.write_tokenizer_files(
+        directory, vocab, do_lower_case=settings.get("do_lower_case", True),
+        strip_accents=settings.get("strip_accents"),
+        tokenize_chinese_chars=settings.get("tokenize_chinese_chars", True),
+        model_max_length=cfg.max_position_embeddings)
+
+
 def run_config_for(cfg: model_lib.BertConfig) -> Any:
     """A pre-training run config whose model is ``cfg`` (preset name when the sizes match one;
     the explicit sizes are recorded as well)."""
@@ -253,11 +263,7 @@ def import_checkpoint(kind: str, input_dir: str, workdir: str,
                                   "ignored": ignored, "initialised": report.missing}},
                       f, indent=2)
         if os.path.exists(vocab):
-            wordpiece.write_tokenizer_files(
-                tmp, vocab, do_lower_case=settings.get("do_lower_case", True),
-                strip_accents=settings.get("strip_accents"),
-                tokenize_chinese_chars=settings.get("tokenize_chinese_chars", True),
-                model_max_length=cfg.max_position_embeddings)
+            _write_tokenizer(tmp, vocab, settings, cfg)
             if "do_lower_case" not in settings:  # guessed: say so where fine-tuning reads it
                 os.remove(os.path.join(tmp, "tokenizer_config.json"))
 
@@ -322,11 +328,7 @@ def export_hf(workdir: str, output: str) -> tuple[model_lib.BertConfig, int, boo
     def fill(tmp: str) -> None:
         convert.save_hf_checkpoint(tmp, params, cfg)
         if os.path.exists(vocab):
-            wordpiece.write_tokenizer_files(
-                tmp, vocab, do_lower_case=settings.get("do_lower_case", True),
-                strip_accents=settings.get("strip_accents"),
-                tokenize_chinese_chars=settings.get("tokenize_chinese_chars", True),
-                model_max_length=cfg.max_position_embeddings)
+            _write_tokenizer(tmp, vocab, settings, cfg)
 
     _atomic_dir(output, fill)
     if not os.path.exists(vocab):
