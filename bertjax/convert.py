@@ -487,3 +487,7 @@ def save_hf_checkpoint(directory: str, params: Any, cfg: model_lib.BertConfig) -
     save_file(params_to_hf(params, cfg), os.path.join(directory, "model.safetensors"),
               metadata={"format": "pt"})
 
+
+if __name__ == "__main__":  # python -m bertjax.convert: the CLI lives in convert_main
+    from bertjax import convert_main
+    convert_main.run()

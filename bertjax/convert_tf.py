@@ -131,7 +131,3 @@ def load_tf_checkpoint(directory: str) -> tuple[dict[str, Any], dict[str, np.nda
     names = sorted(reader.get_variable_to_shape_map())
     return config, {n: np.asarray(reader.get_tensor(n)) for n in names}
 
-
-if __name__ == "__main__":  # python -m bertjax.convert: the CLI lives in convert_main
-    from bertjax import convert_main
-    convert_main.run()
