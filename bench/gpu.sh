@@ -20,12 +20,13 @@
 # Usage, from the repository root (or anywhere: it cd's there):
 #   bash bench/gpu.sh [--base128=512] [--base512=128] [--large128=256] [--large512=48]
 #                     [--steps=20] [--warmup=10] [--budget_s=330] [--run_timeout_s=200]
-#                     [--only=REGEX] [--profile]
+#                     [--only=REGEX] [--profile | --profile=REGEX]
 # Batch sizes fit an 80 GB H100 (peaks seen on an H200: base s128 b512 38 GiB, base s512 b128
 # 59 GiB, large s128 b256 52 GiB; large s512 b64 would need about 1.5x the last, ~79 GiB,
 # hence 48). Results: $OUT/bench_gpu.json and $OUT/bench_gpu.log when
-# OUT is set, else runs/bench_gpu/; --profile adds $OUT/profile.tgz, a jax.profiler trace of
-# the first run (TensorBoard / Perfetto).
+# OUT is set, else runs/bench_gpu/; --profile traces 3 extra steps of the first run (or of
+# every run matching REGEX) with jax.profiler, prints where the device time goes
+# (bertjax/bench_profile.py) and keeps the Perfetto traces in $OUT/profile.tgz.
 #
 # Time: XLA's compile dominates (seen on an H200 with jax 0.11.2: BERT-base 35 s, BERT-large
 # 59 s per configuration; steps are 0.2-0.5 s), so runs that would start after --budget_s
@@ -47,7 +48,8 @@ for arg in "$@"; do
     --budget_s=*) BUDGET_S=${arg#*=} ;;
     --run_timeout_s=*) RUN_TIMEOUT_S=${arg#*=} ;;
     --only=*) ONLY=${arg#*=} ;;
-    --profile) PROFILE=1 ;;
+    --profile) PROFILE=FIRST ;;
+    --profile=*) PROFILE=${arg#*=} ;;
     *) echo "error: unknown argument $arg; see the header of bench/gpu.sh" >&2; exit 2 ;;
   esac
 done
@@ -56,6 +58,7 @@ PY=${PYTHON:-python3}
 OUT_DIR=${OUT:-runs/bench_gpu}
 SITE=${BENCH_SITE:-/tmp/bertjax-bench-site}
 mkdir -p "$OUT_DIR" || exit 1
+OUT_DIR=$(cd "$OUT_DIR" && pwd)
 LOG="$OUT_DIR/bench_gpu.log"
 : >"$LOG"
 say() { echo "$@" | tee -a "$LOG"; }
@@ -109,17 +112,19 @@ EOF
 
 # 3. The runs: name|config|seq_len|batch|attention_impl|extra flags. Most important first.
 NO_ATTN_DROP="--config.model.attention_dropout=0"
+RBG="--config.rng_impl=rbg"
 RUNS=(
   "base-s128-xla|bert_base|128|$BASE128|xla|$NO_ATTN_DROP"
-  "base-s128-cudnn|bert_base|128|$BASE128|cudnn|$NO_ATTN_DROP"
-  "large-s128-xla|bert_large|128|$LARGE128|xla|$NO_ATTN_DROP"
-  "large-s128-cudnn|bert_large|128|$LARGE128|cudnn|$NO_ATTN_DROP"
-  "base-s512-xla|bert_base|512|$BASE512|xla|$NO_ATTN_DROP"
-  "base-s512-cudnn|bert_base|512|$BASE512|cudnn|$NO_ATTN_DROP"
-  "large-s512-xla|bert_large|512|$LARGE512|xla|$NO_ATTN_DROP"
-  "large-s512-cudnn|bert_large|512|$LARGE512|cudnn|$NO_ATTN_DROP"
+  "base-s128-xla-rbg|bert_base|128|$BASE128|xla|$NO_ATTN_DROP $RBG"
   "base-s128-xla-nodropout|bert_base|128|$BASE128|xla|$NO_ATTN_DROP --config.model.hidden_dropout=0"
-  "base-s128-explicit-bertdropout|bert_base|128|$BASE128|explicit|"
+  "base-s128-cudnn-rbg|bert_base|128|$BASE128|cudnn|$NO_ATTN_DROP $RBG"
+  "large-s128-xla-rbg|bert_large|128|$LARGE128|xla|$NO_ATTN_DROP $RBG"
+  "large-s128-cudnn-rbg|bert_large|128|$LARGE128|cudnn|$NO_ATTN_DROP $RBG"
+  "base-s512-xla-rbg|bert_base|512|$BASE512|xla|$NO_ATTN_DROP $RBG"
+  "base-s512-cudnn-rbg|bert_base|512|$BASE512|cudnn|$NO_ATTN_DROP $RBG"
+  "large-s512-xla-rbg|bert_large|512|$LARGE512|xla|$NO_ATTN_DROP $RBG"
+  "large-s512-cudnn-rbg|bert_large|512|$LARGE512|cudnn|$NO_ATTN_DROP $RBG"
+  "base-s128-explicit-bertdropout-rbg|bert_base|128|$BASE128|explicit|$RBG"
 )
 TMP=$(mktemp -d)
 START=$SECONDS
@@ -140,7 +145,10 @@ for spec in "${RUNS[@]}"; do
   fi
   say "== $name: $config seq $seq batch $batch attention $impl $extra"
   prof=()
-  [[ -n "$PROFILE" && ! -e "$TMP/profile" ]] && prof=(--profile_dir="$TMP/profile")
+  if [[ "$PROFILE" == FIRST && ! -e "$TMP/profile" ]] ||
+     [[ -n "$PROFILE" && "$PROFILE" != FIRST && "$name" =~ $PROFILE ]]; then
+    prof=(--profile_dir="$TMP/profile/$name")
+  fi
   # shellcheck disable=SC2086  # $extra is a list of flags
   timeout "$RUN_TIMEOUT_S" "$PY" -m bertjax.bench --config="configs/$config.py" \
       --batch="$batch" --seq_len="$seq" --dtype=bfloat16 --attention_impl="$impl" \
@@ -203,6 +211,8 @@ print(f"MFU: model FLOPs (bertjax/bench.py model_flops) / step time / "
 print("wrote", path)
 EOF
 if [[ -d "$TMP/profile" ]]; then
-  tar -czf "$OUT_DIR/profile.tgz" -C "$TMP" profile && say "wrote $OUT_DIR/profile.tgz"
+  # Only the Perfetto JSON (the summary's source): the xplane files are much larger.
+  (cd "$TMP" && find profile -name 'perfetto_trace.json.gz' -print0 |
+     xargs -0 tar -czf "$OUT_DIR/profile.tgz") && say "wrote $OUT_DIR/profile.tgz"
 fi
 rm -rf "$TMP"

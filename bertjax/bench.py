@@ -58,6 +58,7 @@ PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
     ("A100", 312.0),
 )
 _DTYPES = ("float32", "bfloat16")
+PROFILE_STEPS = 3  # steps traced after the timed ones with --profile_dir
 
 
 @dataclasses.dataclass
@@ -358,8 +359,9 @@ def run(config: Any, steps: int, warmup: int, compare: bool = False,
       compare: also time transformers' Flax and torch BERT (imports them).
       matmul_size: the reference matmul's side (0: 2048 on CPU, 8192 elsewhere).
       torch_compile: with ``compare``, also try torch.compile.
-      profile_dir: if set, 3 more bertjax steps are traced there by jax.profiler (TensorBoard
-        / Perfetto), after the timed ones so the tracing does not slow them.
+      profile_dir: if set, PROFILE_STEPS more bertjax steps are traced there by jax.profiler
+        (TensorBoard / Perfetto), after the timed ones so the tracing does not slow them, and
+        summarised by bertjax.bench_profile (device busy share, time by kind, top kernels).
 
     Returns:
       The results as a JSON-ready dict (see ``format_report`` for what is in it).
@@ -392,9 +394,16 @@ def run(config: Any, steps: int, warmup: int, compare: bool = False,
             except Exception as e:  # e.g. torch.compile without a working C++ toolchain
                 failed[other.name] = error_line(e)
     time_rounds(systems, steps)
+    profile = None
     if profile_dir:
-        with jax.profiler.trace(profile_dir):
-            warm_up(ours, 3)
+        from bertjax import bench_profile
+        with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
+            warm_up(ours, PROFILE_STEPS)
+        try:
+            profile = bench_profile.summarize(
+                bench_profile.load_events(bench_profile.find_trace(profile_dir)))
+        except (OSError, ValueError) as e:  # the timings stand without the summary
+            profile = {"devices": [], "error": error_line(e)}
 
     # On a CPU the (fake) devices share the host's cores: the host matmul rate is the peak.
     # On accelerators each device brings its own peak.
@@ -427,6 +436,7 @@ def run(config: Any, steps: int, warmup: int, compare: bool = False,
         "measured_matmul_flops_per_s": matmul_rate,
         "memory": memory,
         "final_loss": float(info["stepper"].metrics["loss"]),
+        "profile": profile, "profile_steps": PROFILE_STEPS if profile_dir else None,
     }
     results.update(_summary(ours, peak, matmul_rate))
     if compare:
@@ -489,6 +499,10 @@ def main() -> None:
         except config_lib.ConfigError as e:
             cli.fail(str(e))
         print(format_report(results), flush=True)
+        if results.get("profile"):
+            from bertjax import bench_profile
+            print(bench_profile.format_summary(results["profile"], results["profile_steps"]),
+                  flush=True)
         if f.json:
             write_json(results, f.json)
             print(f"wrote {f.json}")

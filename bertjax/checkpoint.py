@@ -33,7 +33,7 @@ from etils import epath
 # Keys that define a run: a workdir whose saved config differs in these is refused on resume.
 # Everything else (mesh, total_steps, cadences, accumulation) may change between restarts.
 RUN_IDENTITY_KEYS = ("model", "optim", "global_batch_size", "max_seq_length", "max_predictions",
-                     "seed", "nsp", "data")
+                     "seed", "rng_impl", "nsp", "data")
 
 
 @dataclasses.dataclass
@@ -79,6 +79,10 @@ class WorkdirConfigError(ValueError):
     """The workdir holds a run whose config differs from the requested one."""
 
 
+# Run-identity keys added after the first release, and the value older checkpoints ran with.
+ABSENT_MEANS = {"rng_impl": "threefry2x32"}
+
+
 def config_differences(saved: dict, current: dict, keys=RUN_IDENTITY_KEYS) -> list[str]:
     """Lists 'key: saved -> current' for run-identity keys that differ (dotted paths)."""
     diffs = []
@@ -91,7 +95,9 @@ def config_differences(saved: dict, current: dict, keys=RUN_IDENTITY_KEYS) -> li
             diffs.append(f"{prefix[:-1]}: {a!r} -> {b!r}")
 
     for key in keys:
-        walk(saved.get(key, "<absent>"), current.get(key, "<absent>"), f"{key}.")
+        # A checkpoint written before a key existed ran with that key's original default.
+        walk(saved.get(key, ABSENT_MEANS.get(key, "<absent>")), current.get(key, "<absent>"),
+             f"{key}.")
     return diffs
 
 

@@ -50,10 +50,18 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
     return out
 
 
+RNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
+
+
 def base_config() -> ml_collections.ConfigDict:
     """Defaults for a pre-training run (bert_tiny on the embedded corpus sizes)."""
     c = ml_collections.ConfigDict()
     c.seed = 0
+    # Random bits for dropout: "threefry2x32" (JAX's default: the same bits on every backend and
+    # device count) or XLA's RngBitGenerator, "rbg" / "unsafe_rbg", far cheaper on GPU and TPU
+    # where threefry's integer rounds for every dropout mask cost real step time. A run's
+    # checkpoints hold a key of this kind, so it is part of the run's identity.
+    c.rng_impl = "threefry2x32"
 
     c.model = ml_collections.ConfigDict()
     c.model.preset = "tiny"  # tiny|mini|small|medium|base|large, or "custom" with the sizes below
@@ -216,6 +224,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, 
     _check(0 < config.max_predictions <= config.max_seq_length,
            f"config.max_predictions={config.max_predictions}; expected 1..max_seq_length "
            f"({config.max_seq_length})")
+    _check(config.get("rng_impl", "threefry2x32") in RNG_IMPLS,
+           f"config.rng_impl={config.get('rng_impl')!r}; expected one of {RNG_IMPLS}")
     _check(config.accum_steps >= 1, f"config.accum_steps={config.accum_steps}; expected >= 1")
     _check(config.total_steps >= 1, f"config.total_steps={config.total_steps}; expected >= 1")
     _check(config.global_batch_size >= 1,

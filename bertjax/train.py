@@ -37,7 +37,7 @@ class TrainState:
     step: jax.Array  # [] int32
     params: Any
     opt_state: Any
-    rng: jax.Array  # [2] uint32 raw key; per-step keys are folded in, never split on the host
+    rng: jax.Array  # raw uint32 key ([2] threefry, [4] rbg); per-step keys are folded in
     bad_streak: jax.Array  # [] int32 consecutive steps skipped for a non-finite loss/gradient
 
 
@@ -230,10 +230,20 @@ def build_model(config: Any) -> nn.Module:
     return model_lib.BertForPreTraining(config_lib.model_config(config))
 
 
+def use_rng_impl(name: str) -> None:
+    """Makes ``name`` JAX's default PRNG for the keys created and folded from here on.
+
+    Process-wide on purpose: flax's dropout draws from raw keys, whose implementation is the
+    default one, so the state's key and the step must agree on it.
+    """
+    jax.config.update("jax_default_prng_impl", name)
+
+
 def build(config: Any, mesh: Mesh) -> tuple[TrainState, StepFns]:
     """Model, optimizer and sharded train state from a validated run config."""
     from bertjax import optim
 
+    use_rng_impl(config.get("rng_impl", "threefry2x32"))
     model = build_model(config)
     tx, schedule = optim.make_optimizer(config)
     rules = tuple(tuple(r) for r in config.sharding.rules)
