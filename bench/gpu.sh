@@ -13,9 +13,8 @@
 # `pip install "jax[cuda12]"` and says so plainly if that fails. For a host with no index,
 # fetch what it lacks beforehand, e.g. `pip download --no-deps -d .whl ml_collections`.
 #
-# Known failure: attention cudnn stops at "Bias must have same seq length as QKV" because
-# bertjax/model.py hands jax.nn.dot_product_attention a [B, 1, 1, L] key mask, which the cuDNN
-# path turns into a bias it requires to be [B, 1, L, L]; the xla runs are unaffected.
+# cuDNN attention takes the key lengths (model.py): inputs must be right-padded, as BERT's are.
+# config.rng_impl=rbg draws the dropout bits with XLA's RngBitGenerator instead of threefry.
 #
 # Usage, from the repository root (or anywhere: it cd's there):
 #   bash bench/gpu.sh [--base128=512] [--base512=128] [--large128=256] [--large512=48]
