@@ -1,0 +1,62 @@
+"""Fine-tune on every GLUE task and summarise the dev scores::
+
+    python -m bertjax.glue --glue_dir=glue_data --init_from=runs/base --workdir=runs/glue \
+        [--tasks=cola,sst2,mrpc] [--config.optim.lr=2e-5 --config.num_epochs=3 ...]
+
+Kept short on purpose: flags, then the library (bertjax/tasks/glue_suite.py) does the work.
+Each task runs in WORKDIR/<task> with the same config (configs/glue.py and the overrides);
+tasks whose files are missing are skipped; finished tasks are not rerun unless --overwrite.
+WORKDIR/summary.md and summary.json hold the table and the GLUE-style average.
+"""
+
+import os
+
+from absl import app, flags, logging
+
+from bertjax import cli
+from bertjax import config as config_lib
+
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "glue.py")
+_CONFIG = cli.define_config(os.path.normpath(_DEFAULT_CONFIG),
+                            help_string="Fine-tuning config for every task (configs/glue.py); "
+                            "--config.key=value overrides apply to all tasks.",
+                            lock_config=True)
+_GLUE_DIR = flags.DEFINE_string("glue_dir", "", "The GLUE download: CoLA/, SST-2/, MRPC/, STS-B/,"
+                                " QQP/, MNLI/, QNLI/, RTE/, WNLI/ with train.tsv, dev.tsv.")
+_INIT_FROM = flags.DEFINE_string("init_from", "", "The encoder: a pre-training workdir or an "
+                                 "import (default: --config.init_from).")
+_WORKDIR = flags.DEFINE_string("workdir", os.path.join("runs", "glue"),
+                               "Each task runs in WORKDIR/<task>; the summary goes here.")
+_TASKS = flags.DEFINE_string("tasks", "", "Comma-separated subset (default: all nine).")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Rerun tasks that finished earlier.")
+_TEST = flags.DEFINE_bool("predict_test", True, "Also write predictions/test.tsv per task.")
+_COORD = flags.DEFINE_string("coordinator_address", None,
+                             "host:port of process 0 (multi-process runs; else auto-detected).")
+_NPROC = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
+_PROC_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_DEBUG = flags.DEFINE_bool("debug", False, "Show full tracebacks for input errors.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}; use --config.key=value")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from bertjax import multihost  # after flag parsing: jax starts here
+    from bertjax.data.errors import DataError
+    from bertjax.tasks import glue_suite
+
+    config = cli.config_value(_CONFIG)
+    try:
+        tasks = glue_suite.parse_tasks(_TASKS.value)
+        multihost.initialize(_COORD.value, _NPROC.value, _PROC_ID.value)
+        glue_suite.run_suite(config, _GLUE_DIR.value, _WORKDIR.value, tasks, _INIT_FROM.value,
+                             _OVERWRITE.value, _TEST.value)
+    except (config_lib.ConfigError, DataError, multihost.ClusterError) as e:
+        if _DEBUG.value:
+            raise
+        cli.fail(str(e))
+
+
+if __name__ == "__main__":
+    logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO
+    app.run(main, flags_parser=cli.parse_flags)
