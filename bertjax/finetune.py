@@ -1,9 +1,10 @@
-"""Fine-tune BERT on a sentence (pair) task::
+"""Fine-tune BERT on a sentence (pair) task, token tags (NER) or spans::
 
     python -m bertjax.finetune --config=configs/glue.py:task=sst2 --config.init_from=WORKDIR \
         --config.data.train=... --config.data.dev=... --workdir=runs/sst2
 
-Kept short on purpose: flags, then the library (bertjax/tasks/classify.py) does the work.
+Kept short on purpose: flags, then the library does the work (bertjax/tasks/runner.py with the
+task's family: classify.py, tagging.py, ...; bertjax/tasks/families.py picks it).
 ``--eval_only`` evaluates the checkpoint a fine-tuning kept; ``--config=configs/demo.py`` runs the
 README demo (pre-trained vs from scratch).
 """
@@ -36,7 +37,7 @@ def main(argv):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from bertjax import multihost  # after flag parsing: jax starts here
     from bertjax.data.errors import DataError
-    from bertjax.tasks import classify, demo
+    from bertjax.tasks import demo, families, runner
 
     config = cli.config_value(_CONFIG)
     workdir = _WORKDIR.value or os.path.join("runs", config.task)
@@ -47,7 +48,8 @@ def main(argv):
         if config.compare_scratch and not _EVAL_ONLY.value:
             demo.compare(config, workdir, _OVERWRITE.value)
         else:
-            classify.run(config, workdir, _EVAL_ONLY.value, _OVERWRITE.value)
+            family = families.get(config, workdir, _EVAL_ONLY.value)
+            runner.run(config, workdir, family, _EVAL_ONLY.value, _OVERWRITE.value)
     except (config_lib.ConfigError, DataError, multihost.ClusterError) as e:
         if _DEBUG.value:
             raise

@@ -18,10 +18,15 @@ def finetune_config(task: str) -> ml_collections.ConfigDict:
     batch 32, sequences of 128, dropout 0.1 on the pooled output."""
     c = base_config()
     c.task = task  # a GLUE task name (sst2, mrpc, stsb, ...), "custom" or "demo"
+    c.family = ""  # classify | ner | qa; "": from the task name (bertjax.tasks.families)
     c.data = ml_collections.ConfigDict()
     c.data.train = ""  # files: GLUE TSV for GLUE tasks; .csv/.tsv/.jsonl for custom tasks
     c.data.dev = ""
     c.data.test = ""  # optional, unlabelled: predictions/test.tsv
+    c.data.dev_mismatched = ""  # MNLI: the mismatched dev set, reported as dev_mismatched
+    c.data.tfds = ""  # instead of files: a prepared TFDS dataset (glue/sst2, conll2003, ...)
+    c.data.tfds_data_dir = ""  # its data_dir ("": TFDS's default); nothing is downloaded
+    c.data.tfds_splits = ""  # role=split overrides, e.g. "dev=validation[:50%],test=test"
     c.data.text_a = ""  # custom tasks: column names
     c.data.text_b = ""
     c.data.label = "label"

@@ -1,0 +1,496 @@
+"""The fine-tuning loop every task family shares (classification, token tags, span QA).
+
+A family (``Family`` below) says what its model is, how a file becomes rows of model inputs and
+targets (``Split``), its loss as (sum, count) statistics, how the outputs of a whole split are
+scored and how they are written. Everything else is here, in phases (``run``):
+
+  1. check    workdir, files, tokenizer, mesh; every split is read and featurised by the family
+              before anything is compiled or written, so a bad row stops the run with one line;
+  2. build    the family's model born sharded (bertjax/tasks/encoder.py), the encoder restored
+              from ``config.init_from``; the train and eval steps jitted once each;
+  3. train    a fresh permutation of the rows each epoch (the same on every host, each host
+              feeding its contiguous block); dev evaluation on a cadence; only the checkpoint of
+              the best dev headline metric (the family's first metric, higher is better) is kept;
+  4. report   the kept checkpoint on dev (and any further labelled dev set, e.g. MNLI's
+              mismatched one), predictions of dev and test, metrics.json and metrics.jsonl.
+
+Evaluation pads the last batch with rows whose ``example_mask`` is 0, so every host runs the same
+number of steps and no row is dropped or counted twice; the per-row outputs come back replicated
+and the family scores them once over the whole split.
+
+Data comes from files (``config.data.train/dev/test``) or, when ``config.data.tfds`` names a
+dataset, from TFDS splits; families read both through ``examples``.
+
+TensorFlow is not imported here (TFDS only inside bertjax.data.tasks.tfds_examples).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import shutil
+import time
+from typing import Any, Callable, Protocol
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from bertjax import checkpoint as ckpt_lib
+from bertjax import config as config_lib
+from bertjax import model as model_lib
+from bertjax import multihost
+from bertjax import optim
+from bertjax import sharding
+from bertjax import train
+from bertjax.data import tasks as readers
+from bertjax.tasks import encoder
+from bertjax.tasks import features
+
+Batch = dict[str, jax.Array]
+TFDS_PREFIX = "tfds:"  # a split path "tfds:NAME:SPLIT" reads from TFDS, not from a file
+
+
+@dataclasses.dataclass
+class Split:
+    """One featurised split.
+
+    ``arrays`` are row-aligned with fixed trailing shapes: always input_ids, input_mask and
+    segment_ids int32 [N, L], plus the family's targets. ``meta`` is whatever the family needs
+    to score or write predictions; ``num_examples`` counts examples in the user's sense (rows
+    may be more, e.g. SQuAD windows), 0 meaning one per row.
+    """
+
+    arrays: dict[str, np.ndarray]
+    meta: Any = None
+    num_examples: int = 0
+
+    @property
+    def rows(self) -> int:
+        return len(self.arrays["input_ids"])
+
+    @property
+    def examples(self) -> int:
+        return self.num_examples or self.rows
+
+
+class Family(Protocol):
+    """What a task family provides. Optional: ``prepare(config)``, called once the config is
+    final (after eval_only took the workdir's), before any other method."""
+
+    name: str
+    metric_names: tuple[str, ...]  # first = headline (best checkpoint), higher is better
+
+    def make_model(self, cfg: model_lib.BertConfig) -> nn.Module:
+        """__call__(input_ids, input_mask, segment_ids, deterministic) -> Array or dict."""
+
+    def read(self, config: Any, tok: features.TaskTokenizer, path: str,
+             labelled: bool) -> Split:
+        """Reads and featurises one split; raises DataError / ConfigError with one line."""
+
+    def loss_stats(self, outputs: Any, batch: Batch) -> dict[str, jax.Array]:
+        """Summed statistics with "loss_sum" and "count", masked by batch["example_mask"]."""
+
+    def score(self, outputs: Any, split: Split) -> dict[str, float]:
+        """Metrics from the outputs of every row of ``split``, in order (numpy)."""
+
+    def write_predictions(self, directory: str, name: str, outputs: Any, split: Split) -> None:
+        """Writes predictions/<name>.* (called on the chief only)."""
+
+
+# ------------------------------------------------------------------------------------- data
+
+
+def tfds_splits(config: Any) -> dict[str, str]:
+    """Split role (train, dev, dev_mismatched, test) -> TFDS split name for config.data.tfds.
+
+    Defaults: train / validation / test; glue/mnli: validation_matched, test_matched and
+    validation_mismatched. ``config.data.tfds_splits`` overrides, e.g. "dev=validation[:50%]".
+    """
+    d = config.data
+    name = d.tfds.split(":")[0]
+    out = {"train": "train", "dev": "validation", "test": "test"}
+    if name == "glue/mnli":
+        out.update(dev="validation_matched", test="test_matched",
+                   dev_mismatched="validation_mismatched")
+    for item in filter(None, (x.strip() for x in d.get("tfds_splits", "").split(","))):
+        role, sep, split = item.partition("=")
+        if not sep or role.strip() not in ("train", "dev", "dev_mismatched", "test"):
+            raise config_lib.ConfigError(
+                f"config.data.tfds_splits={d.tfds_splits!r}: expected comma-separated "
+                "role=split with role train, dev, dev_mismatched or test (e.g. dev=validation)")
+        out[role.strip()] = split.strip()
+    return {k: v for k, v in out.items() if v}
+
+
+def sources(config: Any, eval_only: bool) -> dict[str, str]:
+    """Split role -> path (a file, or "tfds:NAME:SPLIT"), checked; train absent in eval_only.
+
+    The labelled evaluation sets are "dev" (the headline) and "dev_mismatched" when given.
+    """
+    d = config.data
+    if d.get("tfds", ""):
+        if any(d[k] for k in ("train", "dev", "test")):
+            raise config_lib.ConfigError(
+                f"config.data.tfds={d.tfds!r} and data files are both set; use one (clear "
+                "config.data.train/dev/test, or --config.data.tfds=)")
+        out = {role: f"{TFDS_PREFIX}{d.tfds}:{split}" for role, split in tfds_splits(config).items()}
+        # TFDS test splits of GLUE exist but are unlabelled; they are read only when asked for.
+        if "test" in out and "test=" not in d.get("tfds_splits", ""):
+            del out["test"]
+    else:
+        if not eval_only and not d.train:
+            raise config_lib.ConfigError("config.data.train is empty; pass the training file "
+                                         "(--config.data.train=PATH)")
+        if not d.dev:
+            raise config_lib.ConfigError("config.data.dev is empty; pass the dev file "
+                                         "(--config.data.dev=PATH)")
+        out = {k: d[k] for k in ("train", "dev", "dev_mismatched", "test") if d.get(k, "")}
+        for key, path in out.items():
+            if not os.path.isfile(path) and not (key == "train" and eval_only):
+                raise config_lib.ConfigError(f"config.data.{key}={path!r} does not exist")
+    if eval_only:
+        out.pop("train", None)
+    return out
+
+
+def examples(config: Any, path: str, read_file: Callable[[str], list]) -> list:
+    """The reader dicts of one split: from TFDS for "tfds:NAME:SPLIT", else ``read_file(path)``."""
+    if path.startswith(TFDS_PREFIX):
+        name, _, split = path[len(TFDS_PREFIX):].rpartition(":")
+        return readers.tfds_examples(name, split, config.data.get("tfds_data_dir", "") or None)
+    return read_file(path)
+
+
+def host_rows(arrays: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+    """This host's share of a global batch given the global batch's row indices: host i takes
+    the i-th contiguous block, matching multihost.global_batch's process-order assembly."""
+    n, i = multihost.process_count(), multihost.process_index()
+    local = len(rows) // n
+    mine = rows[i * local:(i + 1) * local]
+    return {k: v[mine] for k, v in arrays.items()}
+
+
+def eval_batches(data: dict[str, np.ndarray], global_batch: int):
+    """Yields this host's rows of each padded global eval batch, with example_mask.
+
+    The set is padded up to a whole number of global batches with copies of row 0 whose mask
+    is 0, so every host runs ceil(N / global_batch) steps and each row appears once.
+    """
+    n = len(data["input_ids"])
+    steps = max(1, math.ceil(n / global_batch))
+    padded = {k: np.concatenate([v, np.repeat(v[:1], steps * global_batch - n, axis=0)])
+              if n else np.zeros((steps * global_batch,) + v.shape[1:], v.dtype)
+              for k, v in data.items()}
+    padded["example_mask"] = (np.arange(steps * global_batch) < n).astype(np.float32)
+    for s in range(steps):
+        yield host_rows(padded, np.arange(s * global_batch, (s + 1) * global_batch))
+
+
+def predict(eval_fn: Callable, params: Any, data: dict[str, np.ndarray], global_batch: int,
+            batch_sh: dict) -> tuple[Any, dict[str, float]]:
+    """Outputs of every row in order (an array, or a dict of arrays, padding cut) and the
+    loss statistics summed over the split."""
+    outs, total = [], {}
+    for b in eval_batches(data, global_batch):
+        r = jax.device_get(eval_fn(params, multihost.global_batch(b, batch_sh)))
+        outs.append(jax.tree.map(np.asarray, r.pop("outputs")))
+        for k, v in r.items():
+            total[k] = total.get(k, 0.0) + float(v)
+    n = len(data["input_ids"])
+    return jax.tree.map(lambda *xs: np.concatenate(xs)[:n], *outs), total
+
+
+# ------------------------------------------------------------------------------------ steps
+
+LossStats = Callable[[Any, Batch], dict]
+
+
+def train_step(state: train.TrainState, batch: Batch, fns: train.StepFns,
+               loss_stats: LossStats) -> tuple[train.TrainState, dict]:
+    """One optimizer step on the mean loss over the batch's counted targets (pure)."""
+    rng = jax.random.fold_in(state.rng, state.step)
+
+    def loss_fn(params):
+        out = fns.model.apply({"params": params}, batch["input_ids"], batch["input_mask"],
+                              batch["segment_ids"], deterministic=False, rngs={"dropout": rng})
+        stats = loss_stats(out, batch)
+        return stats["loss_sum"] / jnp.maximum(stats["count"], 1.0), stats
+
+    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = fns.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    # A non-finite step changes nothing (as in pre-training); the loop stops on a streak.
+    ok = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
+    params, opt_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old),
+                                     (params, opt_state), (state.params, state.opt_state))
+    new = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                        bad_streak=jnp.where(ok, 0, state.bad_streak + 1))
+    count = jnp.maximum(stats["count"], 1.0)
+    extra = {k: v / count for k, v in stats.items() if k not in ("loss_sum", "count")}
+    return new, {"loss": loss, **extra, "learning_rate": fns.schedule(state.step),
+                 "bad_streak": new.bad_streak}
+
+
+def eval_step(params: Any, batch: Batch, fns: train.StepFns, loss_stats: LossStats) -> dict:
+    """Per-row outputs (to gather) and the summed loss statistics of one batch."""
+    out = fns.model.apply({"params": params}, batch["input_ids"], batch["input_mask"],
+                          batch["segment_ids"], deterministic=True)
+    return {"outputs": out, **loss_stats(out, batch)}
+
+
+def _with_rules(fn: Callable, fns: train.StepFns, loss_stats: LossStats) -> Callable:
+    """Traces ``fn`` with the activation rules active (the model's constraints resolve)."""
+    @functools.wraps(fn)
+    def wrapped(*args):
+        with sharding.activation_rules(fns.mesh, fns.rules):
+            return fn(*args, fns, loss_stats)
+    return wrapped
+
+
+def jit_steps(fns: train.StepFns, batch_like: dict,
+              loss_stats: LossStats) -> tuple[Callable, Callable]:
+    """The jitted train step (state donated) and eval step; eval outputs come back replicated
+    so every host holds the whole batch's predictions."""
+    repl = sharding.replicated(fns.mesh)
+    batch_sh = train.batch_shardings(fns, batch_like)
+    step = jax.jit(_with_rules(train_step, fns, loss_stats),
+                   in_shardings=(fns.state_shardings, batch_sh),
+                   out_shardings=(fns.state_shardings, repl), donate_argnums=(0,))
+    evaluate_ = jax.jit(_with_rules(eval_step, fns, loss_stats),
+                        in_shardings=(fns.state_shardings.params, batch_sh), out_shardings=repl)
+    return step, evaluate_
+
+
+# -------------------------------------------------------------------------------------- run
+
+
+def _resolved(config: Any, train_size: int) -> tuple[int, int]:
+    """(total steps, warmup steps) from epochs and the warmup fraction when not given."""
+    steps = config.total_steps or max(1, int(config.num_epochs * train_size
+                                             // config.global_batch_size))
+    warmup = (config.optim.warmup_steps if config.optim.warmup_steps >= 0
+              else int(config.warmup_fraction * steps))
+    return steps, min(warmup, steps)
+
+
+def _json(path: str, value: Any) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+def _take_saved(config: Any, saved: dict) -> None:
+    """eval_only: the fine-tuned model is what the workdir says it is, whatever the command
+    line says; data settings the command leaves empty come from the workdir too."""
+    with config.unlocked():
+        config.task = saved.get("task", config.task)
+        if "family" in config and saved.get("family"):
+            config.family = saved["family"]
+        config.init_from = saved.get("init_from", "")
+        config.tokenizer = saved.get("tokenizer", "") or config.tokenizer
+        config.model = ml_collections.ConfigDict(saved["model"])
+        for key, value in saved.get("data", {}).items():
+            if key in config.data and not config.data[key] and value:
+                config.data[key] = value
+
+
+def _pad_keys(arrays: dict[str, np.ndarray], like: dict[str, np.ndarray]) -> dict:
+    """An unlabelled split may lack targets the eval step reads: zeros stand in for them."""
+    n = len(arrays["input_ids"])
+    return {**{k: np.zeros((n,) + v.shape[1:], v.dtype) for k, v in like.items()
+               if k not in arrays and k != "example_mask"}, **arrays}
+
+
+def run(config: Any, workdir: str, family: Family, eval_only: bool = False,
+        overwrite: bool = False, tag: str = "") -> dict[str, Any]:
+    """Fine-tunes (or, ``eval_only``, evaluates the best checkpoint of) one task.
+
+    Args:
+      config: a fine-tuning config (configs/glue.py, configs/ner.py, ...).
+      workdir: checkpoints/, predictions/, metrics.json and metrics.jsonl go here.
+      family: the task family (bertjax.tasks.families.get).
+      eval_only: evaluate the workdir's kept checkpoint on dev (and test) instead of training.
+      overwrite: replace the checkpoints of an earlier fine-tuning in ``workdir``.
+      tag: printed before each line (e.g. "scratch").
+
+    Returns:
+      {"task", "family", "dev": metrics, ("dev_mismatched": metrics), "headline", "best_step",
+      "steps", "train_examples", "init_from", "seconds"}.
+    """
+    t_start = time.perf_counter()
+    chief = multihost.is_chief()
+    say = (lambda s: print(f"[{tag}] {s}" if tag else s, flush=True)) if chief else (lambda s: 0)
+    # 1. check: config, files, tokenizer and every split, all before compiling or writing
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    saved = features.latest_saved_config(workdir)
+    if eval_only:
+        if saved is None:
+            raise config_lib.ConfigError(f"--workdir={workdir} holds no fine-tuned checkpoint "
+                                         "to evaluate; run without --eval_only first")
+        _take_saved(config, saved)
+    else:
+        if saved is not None and not overwrite:
+            raise config_lib.ConfigError(f"--workdir={workdir} already holds a fine-tuned model; "
+                                         "use --eval_only, another workdir, or --overwrite")
+        if config.init_from and not os.path.isdir(config.init_from):
+            raise config_lib.ConfigError(f"config.init_from={config.init_from!r} does not exist; "
+                                         "give a pre-training workdir or an import")
+    if hasattr(family, "prepare"):
+        family.prepare(config)
+    paths = sources(config, eval_only)
+    if not config.init_from and not config.tokenizer:
+        raise config_lib.ConfigError("no tokenizer: set config.init_from (a workdir whose "
+                                     "tokenizer is used) or config.tokenizer=PATH")
+    casing = {"": None, "true": True, "false": False}.get(str(config.do_lower_case).lower())
+    tok = features.load_tokenizer(config.init_from, config.tokenizer, casing)
+    model_cfg = (config_lib.model_config(config) if eval_only  # as the workdir recorded it
+                 else encoder.model_config_for(config))
+    encoder.record_model(config, model_cfg)
+    with config.unlocked():
+        config.tokenizer = tok.path  # saved with the checkpoint: eval_only needs no init_from
+    if tok.vocab_size > model_cfg.vocab_size:
+        raise config_lib.ConfigError(f"tokenizer {tok.source} has {tok.vocab_size} tokens but "
+                                     f"the model only {model_cfg.vocab_size}; use the "
+                                     "checkpoint's own tokenizer")
+    mesh = encoder.check_mesh(config, model_cfg)
+    # train first: a family may take its label set from it (recorded in the saved config)
+    trainset = family.read(config, tok, paths["train"], True) if "train" in paths else None
+    evalsets = {name: family.read(config, tok, paths[name], True)
+                for name in ("dev", "dev_mismatched") if name in paths}
+    testset = family.read(config, tok, paths["test"], False) if "test" in paths else None
+    if trainset is not None and trainset.rows < config.global_batch_size:
+        raise config_lib.ConfigError(
+            f"{paths['train']} has {trainset.rows} training rows, fewer than "
+            f"config.global_batch_size={config.global_batch_size}; lower the batch size")
+    total_steps, warmup = _resolved(config, trainset.rows if trainset else 1)
+    with config.unlocked():
+        config.total_steps = total_steps
+        config.optim.warmup_steps = warmup
+    task_name = getattr(family, "task_name", "") or config.task
+    say(f"task {task_name}: {0 if trainset is None else trainset.examples} train / "
+        f"{evalsets['dev'].examples} dev examples, tokenizer {tok.source}, encoder "
+        f"{'from ' + config.init_from if config.init_from else 'random init'}")
+
+    # 2. build
+    pred_dir = os.path.join(workdir, "predictions")
+    os.makedirs(pred_dir, exist_ok=True)
+    model = family.make_model(model_cfg)
+    tx, schedule = optim.make_optimizer(config)
+    rules = tuple(tuple(r) for r in config.sharding.rules)
+    state, state_sh = encoder.create_state(model, tx, mesh, rules, config.seed,
+                                           config.max_seq_length)
+    fns = train.StepFns(model=model, tx=tx, schedule=schedule, mesh=mesh, rules=rules,
+                        state_shardings=state_sh)
+    if overwrite and chief and os.path.isdir(ckpt_dir) and not eval_only:
+        shutil.rmtree(ckpt_dir)
+    multihost.barrier("finetune workdir ready")
+    ckpt = ckpt_lib.Checkpointer(ckpt_dir, every=1, keep=1, async_save=False)
+    dev = evalsets["dev"]
+    like = {k: np.zeros((config.global_batch_size,) + v.shape[1:], v.dtype)
+            for k, v in dev.arrays.items()}
+    like["example_mask"] = np.zeros(config.global_batch_size, np.float32)
+    eval_like = {k: np.zeros((config.eval_batch_size,) + v.shape[1:], v.dtype)
+                 for k, v in like.items()}
+    step_fn, eval_fn = jit_steps(fns, like, family.loss_stats)
+    batch_sh = train.batch_shardings(fns, like)
+    eval_sh = train.batch_shardings(fns, eval_like)
+
+    def outputs_of(params, split: Split):
+        return predict(eval_fn, params, _pad_keys(split.arrays, like), config.eval_batch_size,
+                       eval_sh)
+
+    def evaluate(params, split: Split):
+        outputs, stats = outputs_of(params, split)
+        result = family.score(outputs, split)
+        count = max(stats.get("count", 0.0), 1.0)
+        result["loss"] = stats["loss_sum"] / count
+        for k, v in stats.items():  # the family's extra statistics, as means per count
+            if k not in ("loss_sum", "count"):
+                result.setdefault(k, v / count)
+        result["examples"] = split.examples
+        return outputs, result
+
+    head = family.metric_names[0]
+    best = {"step": None, head: -math.inf}
+    log = open(os.path.join(workdir, "metrics.jsonl"), "a") if chief else None
+    if eval_only:
+        abstract = ckpt_lib.abstract_like(state, state_sh)
+        del state
+        state, best["step"] = ckpt.restore(abstract)
+    else:
+        if config.init_from:
+            state = encoder.restore_encoder(config.init_from, state, state_sh)
+        # 3. train: a fresh permutation each epoch, the same on every host
+        n = trainset.rows
+        per_epoch = n // config.global_batch_size
+        eval_every = config.eval_every or per_epoch
+        pending = None
+        for step in range(total_steps):
+            epoch, k = divmod(step, per_epoch)
+            order = np.random.default_rng([config.seed, epoch]).permutation(n)
+            rows = order[k * config.global_batch_size:(k + 1) * config.global_batch_size]
+            local = host_rows(trainset.arrays, rows)
+            local["example_mask"] = np.ones(len(local["input_ids"]), np.float32)
+            state, m = step_fn(state, multihost.global_batch(local, batch_sh))
+            if pending is not None:  # step t is queued; reading t-1 does not stall the device
+                values = {k_: float(v) for k_, v in jax.device_get(pending[1]).items()}
+                if values["bad_streak"] >= max(config.max_nonfinite_steps, 1):
+                    raise config_lib.ConfigError(
+                        f"{int(values['bad_streak'])} steps in a row up to step {pending[0]} had "
+                        "a non-finite loss; lower config.optim.lr")
+                if pending[0] % config.log_every == 0 and log:
+                    log.write(json.dumps({"step": pending[0], "split": "train", **values}) + "\n")
+            pending = (step + 1, m)
+            done = step + 1
+            if done % eval_every == 0 or done == total_steps:
+                outputs, result = evaluate(state.params, dev)
+                say(f"step {done}/{total_steps}: dev " + ", ".join(
+                    f"{k_}={v:.4f}" for k_, v in result.items()
+                    if k_ != "examples" and isinstance(v, (int, float))))
+                if log:
+                    log.write(json.dumps({"step": done, "split": "dev", **result}) + "\n")
+                    log.flush()
+                # The first evaluation is always kept; later ones only when strictly better
+                # (a nan correlation, from constant predictions, never is).
+                if best["step"] is None or result[head] > best[head]:
+                    best = {"step": done, **result}
+                    ckpt.save(done, state, config, force=True)
+                    if chief:
+                        family.write_predictions(pred_dir, "dev", outputs, dev)
+        ckpt.wait()
+        if best["step"] is not None and best["step"] != total_steps:
+            abstract = ckpt_lib.abstract_like(state, state_sh)
+            del state
+            state, _ = ckpt.restore(abstract)
+    # 4. report: the kept (best) checkpoint on the dev sets, and on test when given
+    summary: dict[str, Any] = {"task": task_name, "family": family.name}
+    for name, split in evalsets.items():
+        outputs, summary[name] = evaluate(state.params, split)
+        if chief:
+            family.write_predictions(pred_dir, name, outputs, split)
+    if testset is not None:
+        test_out, _ = outputs_of(state.params, testset)
+        if chief:
+            family.write_predictions(pred_dir, "test", test_out, testset)
+    ckpt.close()
+    result = summary["dev"]
+    summary.update({"headline": head, "best_step": best["step"], "steps": total_steps,
+                    "train_examples": 0 if trainset is None else trainset.examples,
+                    "init_from": config.init_from or None,
+                    "seconds": time.perf_counter() - t_start})
+    if chief:
+        _json(os.path.join(workdir, "eval_metrics.json" if eval_only else "metrics.json"),
+              summary)
+        log.close() if log else None
+        extra = "".join(f", {name} {head} {summary[name][head]:.4f}" for name in evalsets
+                        if name != "dev")
+        say(f"dev {head} {result[head]:.4f}{extra} (checkpoint of step {best['step']}); "
+            f"predictions in {pred_dir}")
+    return summary
