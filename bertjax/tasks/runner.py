@@ -287,8 +287,9 @@ def _json(path: str, value: Any) -> None:
 
 
 def _take_saved(config: Any, saved: dict) -> None:
-    """eval_only: the fine-tuned model is what the workdir says it is, whatever the command
-    line says; data settings the command leaves empty come from the workdir too."""
+    """eval_only: the fine-tuned model (task, family, encoder sizes, tokenizer, sequence length)
+    is what the workdir says it is, whatever the command line says; data settings the command
+    leaves empty (files, label list, scheme) come from the workdir too."""
     with config.unlocked():
         config.task = saved.get("task", config.task)
         if "family" in config and saved.get("family"):
@@ -296,6 +297,8 @@ def _take_saved(config: Any, saved: dict) -> None:
         config.init_from = saved.get("init_from", "")
         config.tokenizer = saved.get("tokenizer", "") or config.tokenizer
         config.model = ml_collections.ConfigDict(saved["model"])
+        # rows are cut (and NER sentences windowed) as in training
+        config.max_seq_length = saved.get("max_seq_length", config.max_seq_length)
         for key, value in saved.get("data", {}).items():
             if key in config.data and not config.data[key] and value:
                 config.data[key] = value
