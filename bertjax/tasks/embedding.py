@@ -133,6 +133,21 @@ def check(settings: Settings) -> Plan:
             f"--init_from={s.init_from} holds no bertjax checkpoint (no checkpoints/<step>/ "
             "with a saved config); give a pre-training or fine-tuning workdir, or import a "
             "model first with python -m bertjax.convert")
+    try:
+        return _check_encoder(s, saved)
+    except (config_lib.ConfigError, DataError) as e:  # name this command's flags
+        text = str(e)
+        for key, flag in (("--config.tokenizer", "--tokenizer"),
+                          ("config.init_from", "--init_from"),
+                          ("config.global_batch_size", "--batch_size"),
+                          ("config.eval_batch_size", "--batch_size"),
+                          ("config.max_seq_length", "--max_seq_length")):
+            text = text.replace(key, flag)
+        raise type(e)(text) from None
+
+
+def _check_encoder(s: Settings, saved: dict) -> Plan:
+    """The encoder's sizes, tokenizer and mesh, checked with the fine-tuning helpers."""
     config = config_lib.base_config()
     config.init_from = s.init_from
     config.max_seq_length = s.max_seq_length
@@ -148,15 +163,7 @@ def check(settings: Settings) -> Plan:
         raise config_lib.ConfigError(f"tokenizer {tok.source} has {tok.vocab_size} tokens but "
                                      f"the model only {model_cfg.vocab_size}; use the "
                                      "checkpoint's own tokenizer (leave --tokenizer empty)")
-    try:
-        mesh = encoder.check_mesh(config, model_cfg)
-    except config_lib.ConfigError as e:  # name this command's flags, not config keys
-        text = str(e)
-        for key, flag in (("config.global_batch_size", "--batch_size"),
-                          ("config.eval_batch_size", "--batch_size"),
-                          ("config.max_seq_length", "--max_seq_length")):
-            text = text.replace(key, flag)
-        raise config_lib.ConfigError(text) from None
+    mesh = encoder.check_mesh(config, model_cfg)
     return Plan(s, model_cfg, tok, mesh, tuple(tuple(r) for r in config.sharding.rules))
 
 

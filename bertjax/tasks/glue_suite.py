@@ -240,7 +240,6 @@ def run_suite(config: Any, glue_dir: str, workdir: str, tasks: Sequence[str],
             f"{os.path.join(glue_dir, 'SST-2', 'train.tsv')}")
     # 2. check
     configs = {f.task: task_config(config, f, init_from, predict_test) for f in found}
-    _check_encoder(configs[found[0].task])
     done: dict[str, dict] = {}
     for f in found:
         previous = None if overwrite else _finished(os.path.join(workdir, f.task))
@@ -255,6 +254,9 @@ def run_suite(config: Any, glue_dir: str, workdir: str, tasks: Sequence[str],
         for path in (f.train, f.dev, f.test if predict_test else "", f.dev_mismatched):
             if path:
                 readers.read_glue(path, f.task)  # a bad row stops the suite here, not later
+    pending = [f.task for f in found if f.task not in done]
+    if pending:
+        _check_encoder(configs[pending[0]])  # the same encoder and batch for every task
     # 3. run
     os.makedirs(workdir, exist_ok=True)
     results: dict[str, dict] = {}
