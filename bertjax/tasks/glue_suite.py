@@ -216,7 +216,9 @@ def run_suite(config: Any, glue_dir: str, workdir: str, tasks: Sequence[str],
       The summary (see ``summarize``).
 
     Raises:
-      ConfigError, DataError: one line, before anything is compiled or written.
+      ConfigError, DataError: one line; the suite's own checks (files, rows, encoder, mesh)
+        run before anything is compiled or written; a failure inside a task's run names the
+        task, and the tasks finished before it stay finished for the next run.
     """
     chief = multihost.is_chief()
     say = (lambda s: print(s, flush=True)) if chief else (lambda s: None)
