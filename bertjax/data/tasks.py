@@ -251,25 +251,47 @@ def read_squad(path: str) -> list[Example]:
     if not isinstance(data, dict) or "data" not in data:
         raise DataError(f"{path}: no top-level 'data' list; expected a SQuAD v1.1/v2.0 JSON")
     examples: list[Example] = []
-    for a, article in enumerate(data["data"]):
-        for p, paragraph in enumerate(article.get("paragraphs", [])):
+    for a, article in enumerate(_squad_list(data["data"], f"{path}: 'data'")):
+        paragraphs = _squad_list(article.get("paragraphs", []) if isinstance(article, dict)
+                                 else None, f"{path}: data[{a}].paragraphs")
+        for p, paragraph in enumerate(paragraphs):
             where = f"{path}: data[{a}].paragraphs[{p}]"
-            if "context" not in paragraph:
-                raise DataError(f"{where}: no 'context'")
-            for qa in paragraph.get("qas", []):
+            if not isinstance(paragraph, dict) or not isinstance(paragraph.get("context"), str):
+                raise DataError(f"{where}: no 'context' string")
+            for qa in _squad_list(paragraph.get("qas", []), f"{where}.qas"):
                 for key in ("id", "question"):
-                    if key not in qa:
+                    if not isinstance(qa, dict) or key not in qa:
                         raise DataError(f"{where}: a question without {key!r}")
                 examples.append({
                     "id": qa["id"],
                     "title": article.get("title", ""),
                     "context": paragraph["context"],
                     "question": qa["question"],
-                    "answers": [{"text": x["text"], "answer_start": int(x["answer_start"])}
-                                for x in qa.get("answers", [])],
+                    "answers": [_squad_answer(x, f"{where}: question {qa['id']!r}")
+                                for x in _squad_list(qa.get("answers", []),
+                                                     f"{where}: question {qa['id']!r} answers")],
                     "is_impossible": bool(qa.get("is_impossible", False)),
                 })
     return examples
+
+
+def _squad_list(value: Any, where: str) -> list:
+    if not isinstance(value, list):
+        raise DataError(f"{where} is {type(value).__name__}, expected a list (SQuAD layout: "
+                        "data[].paragraphs[].qas[])")
+    return value
+
+
+def _squad_answer(answer: Any, where: str) -> dict:
+    """{"text", "answer_start"} of one answer, checked: a text and a whole-number start."""
+    if not isinstance(answer, dict) or not isinstance(answer.get("text"), str):
+        raise DataError(f"{where}: an answer without a 'text' string ({answer!r})")
+    start = answer.get("answer_start")
+    if isinstance(start, bool) or not isinstance(start, (int, str)) or \
+            not str(start).strip().lstrip("-").isdigit():
+        raise DataError(f"{where}: answer {answer['text']!r} has answer_start {start!r}; "
+                        "expected the character offset of the answer in the context")
+    return {"text": answer["text"], "answer_start": int(start)}
 
 
 # ------------------------------------------------------------------------------------ CoNLL

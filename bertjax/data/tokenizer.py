@@ -99,6 +99,10 @@ class Tokenizer:
         """
         return self._sp.encode(list(texts), out_type=int)
 
+    def id_to_piece(self, i: int) -> str:
+        """The piece of one id, word mark "\u2581" included."""
+        return self._sp.id_to_piece(int(i))
+
     def decode(self, ids: Iterable[int]) -> str:
         """Text of a sequence of ids; special tokens are shown by name, padding is dropped."""
         pieces = []

@@ -39,6 +39,8 @@ class TaskTokenizer(Protocol):
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]: ...
 
+    def token_texts(self, ids: Sequence[int]) -> list[str | None]: ...
+
 
 class SentencePieceAdapter:
     """bertjax's sentencepiece Tokenizer with the attribute names featurisation uses."""
@@ -53,6 +55,13 @@ class SentencePieceAdapter:
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return self._tok.encode(list(texts))
+
+    def token_texts(self, ids: Sequence[int]) -> list[str | None]:
+        """The (normalised) text of each piece without its word mark "\u2581"; None for
+        [UNK]. Span tasks align these to the original text (bertjax.tasks.qa_features)."""
+        from bertjax.data import tokenizer as sp
+        return [None if i == sp.UNK_ID else self._tok.id_to_piece(i).replace("\u2581", "")
+                for i in ids]
 
 
 class WordPieceAdapter:
@@ -69,9 +78,17 @@ class WordPieceAdapter:
         casing = "uncased" if self._tok.do_lower_case else "cased"
         self.source = f"WordPiece {os.path.join(directory, 'vocab.txt')} ({casing})"
         self.path = directory
+        self._inverse: dict[int, str] | None = None
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return self._tok.encode_batch(list(texts))
+
+    def token_texts(self, ids: Sequence[int]) -> list[str | None]:
+        """The (normalised) text of each word piece without its "##" mark; None for [UNK]."""
+        if self._inverse is None:
+            self._inverse = {i: t for t, i in self._tok.vocab.items()}
+        return [None if i == self._tok.unk_id else self._inverse[int(i)].removeprefix("##")
+                for i in ids]
 
 
 def latest_saved_config(workdir: str) -> dict | None:
