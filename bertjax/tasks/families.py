@@ -17,6 +17,7 @@ from bertjax.tasks import features
 FAMILIES = {
     "classify": "bertjax.tasks.classify:ClassifyFamily",
     "ner": "bertjax.tasks.tagging:TaggingFamily",
+    "qa": "bertjax.tasks.qa:QAFamily",
 }
 
 
