@@ -43,6 +43,10 @@ def tiny_cfg(vocab_size: int) -> model_lib.BertConfig:
 
 @pytest.fixture(scope="module")
 def imported(tmp_path_factory) -> str:
+    return make_import(str(tmp_path_factory.mktemp("imported")))
+
+
+def make_import(workdir: str) -> str:
     """A bertjax workdir shaped like a `bertjax.convert` import: checkpoint + vocab.txt."""
     import shutil
 
@@ -51,7 +55,6 @@ def imported(tmp_path_factory) -> str:
 
     from bertjax import convert_io
 
-    workdir = str(tmp_path_factory.mktemp("imported"))
     cfg = tiny_cfg(features.WordPieceAdapter(VOCAB_DIR).vocab_size)
     ids = jnp.zeros((1, 8), jnp.int32)
     shapes = flax.linen.meta.unbox(jax.eval_shape(  # shapes only: nothing to compile
@@ -135,7 +138,7 @@ def _command(workdir, *flags):
     return [sys.executable, "-m", "bertjax.finetune", "--config=configs/ner.py",
             f"--workdir={workdir}", "--config.max_seq_length=16",
             "--config.global_batch_size=16", "--config.eval_batch_size=8",
-            "--config.total_steps=60", "--config.eval_every=30", "--config.optim.lr=2e-3",
+            "--config.total_steps=40", "--config.eval_every=20", "--config.optim.lr=2e-3",
             "--config.model.hidden_dropout=0", "--config.model.attention_dropout=0", *flags]
 
 
