@@ -80,7 +80,7 @@ class WorkdirConfigError(ValueError):
 
 
 # Run-identity keys added after the first release, and the value older checkpoints ran with.
-ABSENT_MEANS = {"rng_impl": "threefry2x32"}
+ABSENT_MEANS = {"rng_impl": "threefry2x32", "model.scan_layers": False, "model.remat": "none"}
 
 
 def config_differences(saved: dict, current: dict, keys=RUN_IDENTITY_KEYS) -> list[str]:
@@ -90,7 +90,8 @@ def config_differences(saved: dict, current: dict, keys=RUN_IDENTITY_KEYS) -> li
     def walk(a, b, prefix):
         if isinstance(a, dict) and isinstance(b, dict):
             for k in sorted(set(a) | set(b)):
-                walk(a.get(k, "<absent>"), b.get(k, "<absent>"), f"{prefix}{k}.")
+                walk(a.get(k, ABSENT_MEANS.get(f"{prefix}{k}", "<absent>")),
+                     b.get(k, "<absent>"), f"{prefix}{k}.")
         elif _normal(a) != _normal(b):
             diffs.append(f"{prefix[:-1]}: {a!r} -> {b!r}")
 

@@ -78,6 +78,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dtype = "float32"  # compute dtype; "bfloat16" on accelerators
     c.model.param_dtype = "float32"
     c.model.attention_impl = "auto"
+    c.model.scan_layers = False  # one nn.scan over the layers: compiles much faster (bench, pods)
+    c.model.remat = "none"  # none | full | dots: recompute layer activations in the backward
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1
@@ -190,7 +192,8 @@ def model_config(config: ml_collections.ConfigDict) -> model_lib.BertConfig:
             "base" if m.preset == "custom" else m.preset, **sizes, vocab_size=m.vocab_size, max_position_embeddings=m.max_position_embeddings,
             type_vocab_size=m.type_vocab_size, hidden_dropout=m.hidden_dropout,
             attention_dropout=m.attention_dropout, hidden_act=m.hidden_act, dtype=m.dtype,
-            param_dtype=m.param_dtype, attention_impl=m.attention_impl)
+            param_dtype=m.param_dtype, attention_impl=m.attention_impl,
+            scan_layers=bool(m.get("scan_layers", False)), remat=m.get("remat", "none"))
     except ValueError as e:
         raise ConfigError(str(e)) from None
 

@@ -41,6 +41,9 @@ PRESETS: dict[str, tuple[int, int, int]] = {
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _ACTIVATIONS = ("gelu", "gelu_tanh", "relu")
 _ATTENTION_IMPLS = ("auto", "explicit", "xla", "cudnn")
+# What a rematerialised layer keeps for the backward pass: nothing ("full": everything is
+# recomputed), or the matmul outputs ("dots": only the cheap elementwise work is recomputed).
+_REMAT = {"none": None, "full": "nothing_saveable", "dots": "dots_with_no_batch_dims_saveable"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +56,12 @@ class BertConfig:
       attention_impl: "explicit" computes softmax(QK^T)V with einsums (needed for attention
         dropout); "xla"/"cudnn" use jax.nn.dot_product_attention; "auto" picks "explicit"
         when attention dropout is active and "xla" otherwise.
+      scan_layers: run the encoder stack as one ``nn.scan`` over layers whose parameters are
+        stacked on a leading "layers" axis (``stack_layers``/``unstack_layers`` convert): XLA
+        compiles one layer instead of num_layers copies. Off by default because checkpoints
+        and imports use the per-layer names ``layer_0`` ... .
+      remat: "none", "full" or "dots": rematerialise each encoder layer in the backward pass
+        (see ``_REMAT``), trading recomputation for activation memory (bigger batches).
     """
 
     vocab_size: int = 30522
@@ -70,6 +79,8 @@ class BertConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     attention_impl: str = "auto"
+    scan_layers: bool = False
+    remat: str = "none"
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
@@ -81,6 +92,8 @@ class BertConfig:
         if self.attention_impl not in _ATTENTION_IMPLS:
             raise ValueError(
                 f"model.attention_impl={self.attention_impl!r}; expected one of {_ATTENTION_IMPLS}")
+        if self.remat not in _REMAT:
+            raise ValueError(f"model.remat={self.remat!r}; expected one of {tuple(_REMAT)}")
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in _DTYPES:
                 raise ValueError(f"model.{name}={getattr(self, name)!r}; expected one of "
@@ -252,6 +265,59 @@ class EncoderLayer(nn.Module):
         return sharding.constrain(x, act_names)  # [B, L, D]
 
 
+def _layer_class(cfg: BertConfig) -> type:
+    """EncoderLayer, wrapped in nn.remat when ``cfg.remat`` asks for it."""
+    if cfg.remat == "none":
+        return EncoderLayer
+    policy = getattr(jax.checkpoint_policies, _REMAT[cfg.remat])
+    # Arguments count from self = 0: (x, mask, deterministic) are 1, 2, 3.
+    return nn.remat(EncoderLayer, policy=policy, static_argnums=(3,))
+
+
+class _ScanBody(nn.Module):
+    """One scanned step: the layer on the carried hidden states (nn.scan's (carry, out) form)."""
+
+    cfg: BertConfig
+    deterministic: bool
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array) -> tuple[Array, None]:
+        return _layer_class(self.cfg)(self.cfg, name="layer")(x, mask, self.deterministic), None
+
+
+class ScannedEncoder(nn.Module):
+    """The encoder stack as one nn.scan; parameters [num_layers, ...] on the "layers" axis."""
+
+    cfg: BertConfig
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array, deterministic: bool) -> Array:
+        stack = nn.scan(_ScanBody, variable_axes={"params": 0},
+                        split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast,),
+                        length=self.cfg.num_layers,
+                        metadata_params={nn.PARTITION_NAME: "layers"})
+        x, _ = stack(self.cfg, deterministic, name="stack")(x, mask)
+        return x
+
+
+def stack_layers(bert_params: dict, num_layers: int) -> dict:
+    """BertModel parameters with ``layer_0..layer_{n-1}`` -> the scan layout (``layers``)."""
+    out = {k: v for k, v in bert_params.items() if not k.startswith("layer_")}
+    per_layer = [bert_params[f"layer_{i}"] for i in range(num_layers)]
+    out["layers"] = {"stack": {"layer": jax.tree.map(lambda *xs: jnp.stack(xs), *per_layer)}}
+    return out
+
+
+def unstack_layers(bert_params: dict) -> dict:
+    """The inverse of ``stack_layers``: scan layout -> ``layer_i`` entries."""
+    out = {k: v for k, v in bert_params.items() if k != "layers"}
+    stacked = bert_params["layers"]["stack"]["layer"]
+    n = jax.tree.leaves(stacked)[0].shape[0]
+    for i in range(n):
+        out[f"layer_{i}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
+    return out
+
+
 class BertModel(nn.Module):
     """Embeddings, encoder stack and pooler; returns (sequence_output, pooled_output)."""
 
@@ -260,7 +326,11 @@ class BertModel(nn.Module):
     def setup(self):
         cfg = self.cfg
         self.embeddings = Embeddings(cfg)
-        self.layers = [EncoderLayer(cfg, name=f"layer_{i}") for i in range(cfg.num_layers)]
+        if cfg.scan_layers:
+            self.layers = ScannedEncoder(cfg)
+        else:
+            layer = _layer_class(cfg)
+            self.layers = [layer(cfg, name=f"layer_{i}") for i in range(cfg.num_layers)]
         self.pooler = _dense(cfg, cfg.hidden_size, ("embed", "embed_out"), ("embed_out",),
                              "pooler")
 
@@ -282,8 +352,11 @@ class BertModel(nn.Module):
         if segment_ids is None:
             segment_ids = jnp.zeros_like(input_ids)
         x = self.embeddings(input_ids, segment_ids, position_ids, deterministic)
-        for layer in self.layers:
-            x = layer(x, input_mask, deterministic)
+        if self.cfg.scan_layers:
+            x = self.layers(x, input_mask, deterministic)
+        else:
+            for layer in self.layers:
+                x = layer(x, input_mask, deterministic)
         pooled = jnp.tanh(self.pooler(x[:, 0]))  # [B, D]
         return x, pooled
 

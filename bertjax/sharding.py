@@ -44,6 +44,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("type", None),
     ("norm", None),
     ("classes", None),
+    ("layers", None),  # the stacked axis of model.scan_layers: every device holds all layers
 )
 
 
