@@ -19,20 +19,27 @@ from etils import epath  # local paths and gs:// alike
 class MetricsWriter:
     """Appends {"step", "split", metrics...} lines to metrics.jsonl and TensorBoard events."""
 
-    def __init__(self, workdir: str, enabled: bool = True):
+    def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = True):
         self.enabled = enabled
         self.path = os.fspath(epath.Path(workdir) / "metrics.jsonl")
         self._tb = {}
+        self._tf = None
         if not enabled:
+            return
+        self._workdir = workdir
+        if not tensorboard:
             return
         try:
             tf = importlib.import_module("tensorflow")  # optional: event files only
             self._tf = tf
         except ImportError:
-            self._tf = None
             logging.warning("TensorFlow is not installed: no TensorBoard events, only %s",
                             self.path)
-        self._workdir = workdir
+            return
+        try:  # event files need no accelerator; TF must not reserve the GPU JAX uses
+            tf.config.set_visible_devices([], "GPU")
+        except RuntimeError:  # TF already initialised its devices (the input pipeline did)
+            pass
 
     def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
         if not self.enabled:
@@ -46,7 +53,8 @@ class MetricsWriter:
                 os.path.join(self._workdir, "tb", split))
         with self._tb[split].as_default(step=step):
             for k, v in metrics.items():
-                self._tf.summary.scalar(k, v)
+                if isinstance(v, (int, float)):  # nested tables (per-type scores) stay in jsonl
+                    self._tf.summary.scalar(k, v)
 
     def flush(self) -> None:
         for w in self._tb.values():

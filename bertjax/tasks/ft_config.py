@@ -50,5 +50,7 @@ def finetune_config(task: str) -> ml_collections.ConfigDict:
     c.head_dropout = 0.1
     c.eval_every = 0  # 0: once per epoch (and at the end)
     c.log_every = 10
+    c.checkpoint_every = 200  # the resumable latest state (kept until the run finishes)
+    c.tensorboard = True  # events in WORKDIR/tb/{train,dev} besides metrics.jsonl (needs TF)
     c.compare_scratch = False  # also train the same model from random init, same steps
     return c

@@ -47,6 +47,7 @@ from bertjax import config as config_lib
 from bertjax import model as model_lib
 from bertjax import multihost
 from bertjax import optim
+from bertjax import report
 from bertjax import sharding
 from bertjax import train
 from bertjax.data import tasks as readers
@@ -304,6 +305,37 @@ def _take_saved(config: Any, saved: dict) -> None:
                 config.data[key] = value
 
 
+LATEST = "checkpoints_latest"  # the resumable state; "checkpoints" holds the best one
+RESUME_KEYS = ("task", "family", "init_from", "seed", "global_batch_size", "max_seq_length",
+               "total_steps", "optim.lr", "optim.warmup_steps", "data.train", "data.tfds",
+               "data.labels")
+
+
+def _saved_latest(workdir: str) -> dict | None:
+    """The config saved with the resumable (latest) checkpoint of an unfinished run, or None."""
+    root = os.path.join(workdir, LATEST)
+    steps = sorted((int(s) for s in os.listdir(root) if s.isdigit()), reverse=True) \
+        if os.path.isdir(root) else []
+    for step in steps:
+        path = os.path.join(root, str(step), "config", "metadata")
+        if os.path.exists(path):
+            with open(path) as f:
+                return json.load(f)
+    return None
+
+
+def _resume_difference(saved: dict, config: Any) -> str | None:
+    """The first setting (of RESUME_KEYS) in which ``config`` differs from the saved run."""
+    current = ckpt_lib.config_to_json(config)
+    for key in RESUME_KEYS:
+        a, b = saved, current
+        for part in key.split("."):
+            a, b = (a or {}).get(part), (b or {}).get(part)
+        if a != b:
+            return f"config.{key}={b!r} (the interrupted run had {a!r})"
+    return None
+
+
 def _pad_keys(arrays: dict[str, np.ndarray], like: dict[str, np.ndarray]) -> dict:
     """An unlabelled split may lack targets the eval step reads: zeros stand in for them."""
     n = len(arrays["input_ids"])
@@ -338,8 +370,11 @@ def run(config: Any, workdir: str, family: Family, eval_only: bool = False,
             raise config_lib.ConfigError(f"--workdir={workdir} holds no fine-tuned checkpoint "
                                          "to evaluate; run without --eval_only first")
         _take_saved(config, saved)
-    else:
-        if saved is not None and not overwrite:
+    latest_saved = None if eval_only or overwrite else _saved_latest(workdir)
+    finished = os.path.exists(os.path.join(workdir, "metrics.json"))
+    if not eval_only:
+        if (saved is not None or latest_saved is not None) and not overwrite and (
+                finished or latest_saved is None):
             raise config_lib.ConfigError(f"--workdir={workdir} already holds a fine-tuned model; "
                                          "use --eval_only, another workdir, or --overwrite")
         if config.init_from and not os.path.isdir(config.init_from):
@@ -376,6 +411,11 @@ def run(config: Any, workdir: str, family: Family, eval_only: bool = False,
     with config.unlocked():
         config.total_steps = total_steps
         config.optim.warmup_steps = warmup
+    resume = latest_saved is not None and not finished
+    if resume and (diff := _resume_difference(latest_saved, config)):
+        raise config_lib.ConfigError(
+            f"--workdir={workdir} holds an unfinished fine-tuning, but {diff}; resume with the "
+            "same settings, or pass --overwrite to start again")
     task_name = getattr(family, "task_name", "") or config.task
     say(f"task {task_name}: {0 if trainset is None else trainset.examples} train / "
         f"{evalsets['dev'].examples} dev examples, tokenizer {tok.source}, encoder "
@@ -391,10 +431,18 @@ def run(config: Any, workdir: str, family: Family, eval_only: bool = False,
                                            config.max_seq_length)
     fns = train.StepFns(model=model, tx=tx, schedule=schedule, mesh=mesh, rules=rules,
                         state_shardings=state_sh)
-    if overwrite and chief and os.path.isdir(ckpt_dir) and not eval_only:
-        shutil.rmtree(ckpt_dir)
+    latest_dir = os.path.join(workdir, LATEST)
+    best_path = os.path.join(workdir, "best.json")
+    if overwrite and chief and not eval_only:
+        for path in (ckpt_dir, latest_dir):
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+        if os.path.exists(best_path):
+            os.remove(best_path)
     multihost.barrier("finetune workdir ready")
     ckpt = ckpt_lib.Checkpointer(ckpt_dir, every=1, keep=1, async_save=False)
+    latest = None if eval_only else ckpt_lib.Checkpointer(latest_dir, every=1, keep=1,
+                                                          async_save=False)
     dev = evalsets["dev"]
     like = {k: np.zeros((config.global_batch_size,) + v.shape[1:], v.dtype)
             for k, v in dev.arrays.items()}
@@ -422,20 +470,31 @@ def run(config: Any, workdir: str, family: Family, eval_only: bool = False,
 
     head = family.metric_names[0]
     best = {"step": None, head: -math.inf}
-    log = open(os.path.join(workdir, "metrics.jsonl"), "a") if chief else None
+    writer = report.MetricsWriter(workdir, enabled=chief and not eval_only,
+                                  tensorboard=bool(config.get("tensorboard", True)))
+    start = 0
     if eval_only:
         abstract = ckpt_lib.abstract_like(state, state_sh)
         del state
         state, best["step"] = ckpt.restore(abstract)
-    else:
-        if config.init_from:
-            state = encoder.restore_encoder(config.init_from, state, state_sh)
-        # 3. train: a fresh permutation each epoch, the same on every host
+    elif resume:  # the step, optimizer state and RNG of the interrupted run, and its best
+        abstract = ckpt_lib.abstract_like(state, state_sh)
+        del state
+        state, start = latest.restore(abstract)
+        if os.path.exists(best_path):
+            with open(best_path) as f:
+                best = json.load(f)
+        say(f"resuming from step {start} (best so far: step {best['step']})")
+    elif config.init_from:
+        state = encoder.restore_encoder(config.init_from, state, state_sh)
+    if not eval_only:
+        # 3. train: a fresh permutation each epoch, the same on every host; the order is a
+        # function of (seed, step), so a resumed run sees what the uninterrupted one would have
         n = trainset.rows
         per_epoch = n // config.global_batch_size
         eval_every = config.eval_every or per_epoch
         pending = None
-        for step in range(total_steps):
+        for step in range(start, total_steps):
             epoch, k = divmod(step, per_epoch)
             order = np.random.default_rng([config.seed, epoch]).permutation(n)
             rows = order[k * config.global_batch_size:(k + 1) * config.global_batch_size]
@@ -448,8 +507,8 @@ def run(config: Any, workdir: str, family: Family, eval_only: bool = False,
                     raise config_lib.ConfigError(
                         f"{int(values['bad_streak'])} steps in a row up to step {pending[0]} had "
                         "a non-finite loss; lower config.optim.lr")
-                if pending[0] % config.log_every == 0 and log:
-                    log.write(json.dumps({"step": pending[0], "split": "train", **values}) + "\n")
+                if pending[0] % config.log_every == 0:
+                    writer.write(pending[0], "train", values)
             pending = (step + 1, m)
             done = step + 1
             if done % eval_every == 0 or done == total_steps:
@@ -457,9 +516,8 @@ def run(config: Any, workdir: str, family: Family, eval_only: bool = False,
                 say(f"step {done}/{total_steps}: dev " + ", ".join(
                     f"{k_}={v:.4f}" for k_, v in result.items()
                     if k_ != "examples" and isinstance(v, (int, float))))
-                if log:
-                    log.write(json.dumps({"step": done, "split": "dev", **result}) + "\n")
-                    log.flush()
+                writer.write(done, "dev", result)
+                writer.flush()
                 # The first evaluation is always kept; later ones only when strictly better
                 # (a nan correlation, from constant predictions, never is).
                 if best["step"] is None or result[head] > best[head]:
@@ -467,6 +525,9 @@ def run(config: Any, workdir: str, family: Family, eval_only: bool = False,
                     ckpt.save(done, state, config, force=True)
                     if chief:
                         family.write_predictions(pred_dir, "dev", outputs, dev)
+                        _json(best_path, best)
+            if done % max(config.checkpoint_every, 1) == 0 and done < total_steps:
+                latest.save(done, state, config, force=True)
         ckpt.wait()
         if best["step"] is not None and best["step"] != total_steps:
             abstract = ckpt_lib.abstract_like(state, state_sh)
@@ -483,6 +544,11 @@ def run(config: Any, workdir: str, family: Family, eval_only: bool = False,
         if chief:
             family.write_predictions(pred_dir, "test", test_out, testset)
     ckpt.close()
+    if latest is not None:
+        latest.close()
+        multihost.barrier("finetune finished")
+        if chief and os.path.isdir(latest_dir):  # finished: nothing left to resume
+            shutil.rmtree(latest_dir)
     result = summary["dev"]
     summary.update({"headline": head, "best_step": best["step"], "steps": total_steps,
                     "train_examples": 0 if trainset is None else trainset.examples,
@@ -491,7 +557,7 @@ def run(config: Any, workdir: str, family: Family, eval_only: bool = False,
     if chief:
         _json(os.path.join(workdir, "eval_metrics.json" if eval_only else "metrics.json"),
               summary)
-        log.close() if log else None
+        writer.flush()
         extra = "".join(f", {name} {head} {summary[name][head]:.4f}" for name in evalsets
                         if name != "dev")
         say(f"dev {head} {result[head]:.4f}{extra} (checkpoint of step {best['step']}); "

@@ -139,7 +139,8 @@ def _command(workdir, *flags):
             f"--workdir={workdir}", "--config.max_seq_length=16",
             "--config.global_batch_size=16", "--config.eval_batch_size=8",
             "--config.total_steps=40", "--config.eval_every=20", "--config.optim.lr=2e-3",
-            "--config.model.hidden_dropout=0", "--config.model.attention_dropout=0", *flags]
+            "--config.model.hidden_dropout=0", "--config.model.attention_dropout=0",
+            "--config.tensorboard=False", *flags]
 
 
 def _run(cmd):

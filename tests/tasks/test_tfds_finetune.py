@@ -3,6 +3,7 @@ downloaded or prepared; the mock hands the builder's splits the rows given here.
 
   * conll2003: the NER test files (tests/tasks/files/ner) served as the train and validation
     splits, tag names mapped through the dataset's own ClassLabel;
+    (and TensorBoard event files are written: TensorFlow is loaded here anyway);
   * glue/mnli: the default splits (validation_matched as dev, validation_mismatched reported
     as dev_mismatched, with its own predictions file), labels through MNLI's TFDS order.
 """
@@ -72,6 +73,8 @@ def test_conll2003_from_tfds(imported, tmp_path):
     assert c.data.labels == ",".join(LABELS)  # the train split's tags, "O" first
     assert os.path.exists(tmp_path / "ner" / "predictions" / "dev.conll")
     assert not os.path.exists(tmp_path / "tfds")  # nothing downloaded or prepared
+    for split in ("train", "dev"):  # TensorBoard scalars (config.tensorboard, on by default)
+        assert os.listdir(tmp_path / "ner" / "tb" / split), split
 
 
 def test_mnli_from_tfds_reports_mismatched_dev(imported, tmp_path):

@@ -1,0 +1,98 @@
+"""The shared fine-tuning loop (bertjax.tasks.runner): an interrupted run resumes where it
+stopped and ends exactly where the uninterrupted one does; a finished or differently configured
+workdir is refused; the family registry.
+
+Runs use the classification family on tests/tasks/files/finetune with a tiny encoder from random
+init (no import to build), 24 steps, a resumable checkpoint every 8.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+
+from bertjax import config as config_lib
+from bertjax.tasks import classify
+from bertjax.tasks import families
+from bertjax.tasks import runner
+from bertjax.tasks.ft_config import finetune_config
+
+FILES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "files", "finetune")
+
+
+def _config() -> ml_collections.ConfigDict:
+    c = finetune_config("custom")
+    c.tokenizer = os.path.join(FILES, "vocab")
+    c.model.update(preset="custom", num_layers=1, hidden_size=32, num_heads=2,
+                   intermediate_size=64, vocab_size=40, max_position_embeddings=64,
+                   hidden_dropout=0.1, attention_dropout=0.1)  # dropout: the RNG must resume too
+    c.data.train, c.data.dev = os.path.join(FILES, "train.tsv"), os.path.join(FILES, "dev.tsv")
+    c.data.text_a, c.data.labels = "sentence", "neg,pos"
+    c.max_seq_length, c.global_batch_size, c.eval_batch_size = 16, 16, 8
+    c.total_steps, c.eval_every, c.checkpoint_every, c.optim.lr = 24, 12, 8, 2e-3
+    c.tensorboard = False
+    return c
+
+
+class Stop(Exception):
+    pass
+
+
+def _stop_after(monkeypatch, steps: int) -> None:
+    """The next run's train step raises after ``steps`` calls, like a killed process."""
+    original = runner.jit_steps
+
+    def jit_steps(fns, like, loss_stats):
+        step, evaluate = original(fns, like, loss_stats)
+        calls = [0]
+
+        def counted(state, batch):
+            calls[0] += 1
+            if calls[0] > steps:
+                raise Stop
+            return step(state, batch)
+        return counted, evaluate
+
+    monkeypatch.setattr(runner, "jit_steps", jit_steps)
+
+
+def test_resume_ends_where_the_uninterrupted_run_does(tmp_path, monkeypatch):
+    whole = classify.run(_config(), str(tmp_path / "whole"))
+    _stop_after(monkeypatch, 19)  # past the best (12) and latest (16) checkpoints
+    with pytest.raises(Stop):
+        classify.run(_config(), str(tmp_path / "cut"))
+    assert os.path.isdir(tmp_path / "cut" / runner.LATEST / "16")
+    with pytest.raises(config_lib.ConfigError, match="unfinished.*total_steps=30"):
+        _resume_with(tmp_path, total_steps=30)
+    monkeypatch.undo()
+    resumed = classify.run(_config(), str(tmp_path / "cut"))
+    assert resumed["best_step"] == whole["best_step"]
+    np.testing.assert_allclose(resumed["dev"]["loss"], whole["dev"]["loss"], rtol=1e-6)
+    assert resumed["dev"]["accuracy"] == whole["dev"]["accuracy"]
+    for name in ("whole", "cut"):
+        assert not os.path.exists(tmp_path / name / runner.LATEST)  # finished: nothing to resume
+    dev_lines = [json.loads(l) for l in open(tmp_path / "cut" / "metrics.jsonl")
+                 if '"dev"' in l]
+    assert [d["step"] for d in dev_lines] == [12, 24]  # 12 before the cut, 24 after it
+    with pytest.raises(config_lib.ConfigError, match="already holds"):
+        classify.run(_config(), str(tmp_path / "cut"))
+
+
+def _resume_with(tmp_path, **changes):
+    c = _config()
+    c.update(changes)
+    classify.run(c, str(tmp_path / "cut"))
+
+
+def test_family_registry():
+    c = finetune_config("sst2")
+    assert isinstance(families.get(c), classify.ClassifyFamily)
+    c.task = "ner"
+    assert families.family_name(c) == "ner"
+    c.family = "nope"
+    with pytest.raises(config_lib.ConfigError, match="'nope'.*classify"):
+        families.get(c)
