@@ -184,6 +184,12 @@ class ClassifyFamily:
     def prepare(self, config: Any) -> None:
         self.task = resolve_task(config)
         self.head_dropout = config.head_dropout
+        tfds_name = config.data.get("tfds", "")
+        if tfds_name and tfds_name.split(":")[0] != f"glue/{self.task.name}":
+            raise config_lib.ConfigError(
+                f"config.data.tfds={tfds_name!r} does not hold task {self.task.name!r}; "
+                f"classification reads TFDS glue/<task> (here glue/{self.task.name}), or "
+                "use files")
 
     @property
     def task_name(self) -> str:

@@ -19,14 +19,17 @@ number of steps and no row is dropped or counted twice; the per-row outputs come
 and the family scores them once over the whole split.
 
 Data comes from files (``config.data.train/dev/test``) or, when ``config.data.tfds`` names a
-dataset, from TFDS splits; families read both through ``examples``.
+dataset, from TFDS splits; families read both through ``examples`` (bertjax/tasks/splits.py,
+with the batching helpers). An interrupted run resumes from ``checkpoints_latest`` (saved every
+``config.checkpoint_every`` steps, removed when the run finishes) with the best so far from
+best.json; its data order depends only on (seed, step), so it ends where an uninterrupted run
+would. Scalars go to metrics.jsonl and, with ``config.tensorboard``, to TensorBoard (tb/).
 
-TensorFlow is not imported here (TFDS only inside bertjax.data.tasks.tfds_examples).
+TensorFlow is imported only for TensorBoard (bertjax.report) and TFDS (bertjax.data.tasks).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import math
@@ -50,35 +53,12 @@ from bertjax import optim
 from bertjax import report
 from bertjax import sharding
 from bertjax import train
-from bertjax.data import tasks as readers
 from bertjax.tasks import encoder
 from bertjax.tasks import features
+from bertjax.tasks.splits import (  # noqa: F401 (re-exported: families use runner.Split, ...)
+    TFDS_PREFIX, Split, eval_batches, examples, host_rows, predict, sources, tfds_splits)
 
 Batch = dict[str, jax.Array]
-TFDS_PREFIX = "tfds:"  # a split path "tfds:NAME:SPLIT" reads from TFDS, not from a file
-
-
-@dataclasses.dataclass
-class Split:
-    """One featurised split.
-
-    ``arrays`` are row-aligned with fixed trailing shapes: always input_ids, input_mask and
-    segment_ids int32 [N, L], plus the family's targets. ``meta`` is whatever the family needs
-    to score or write predictions; ``num_examples`` counts examples in the user's sense (rows
-    may be more, e.g. SQuAD windows), 0 meaning one per row.
-    """
-
-    arrays: dict[str, np.ndarray]
-    meta: Any = None
-    num_examples: int = 0
-
-    @property
-    def rows(self) -> int:
-        return len(self.arrays["input_ids"])
-
-    @property
-    def examples(self) -> int:
-        return self.num_examples or self.rows
 
 
 class Family(Protocol):
@@ -103,109 +83,6 @@ class Family(Protocol):
 
     def write_predictions(self, directory: str, name: str, outputs: Any, split: Split) -> None:
         """Writes predictions/<name>.* (called on the chief only)."""
-
-
-# ------------------------------------------------------------------------------------- data
-
-
-def tfds_splits(config: Any) -> dict[str, str]:
-    """Split role (train, dev, dev_mismatched, test) -> TFDS split name for config.data.tfds.
-
-    Defaults: train / validation / test; glue/mnli: validation_matched, test_matched and
-    validation_mismatched. ``config.data.tfds_splits`` overrides, e.g. "dev=validation[:50%]".
-    """
-    d = config.data
-    name = d.tfds.split(":")[0]
-    out = {"train": "train", "dev": "validation", "test": "test"}
-    if name == "glue/mnli":
-        out.update(dev="validation_matched", test="test_matched",
-                   dev_mismatched="validation_mismatched")
-    for item in filter(None, (x.strip() for x in d.get("tfds_splits", "").split(","))):
-        role, sep, split = item.partition("=")
-        if not sep or role.strip() not in ("train", "dev", "dev_mismatched", "test"):
-            raise config_lib.ConfigError(
-                f"config.data.tfds_splits={d.tfds_splits!r}: expected comma-separated "
-                "role=split with role train, dev, dev_mismatched or test (e.g. dev=validation)")
-        out[role.strip()] = split.strip()
-    return {k: v for k, v in out.items() if v}
-
-
-def sources(config: Any, eval_only: bool) -> dict[str, str]:
-    """Split role -> path (a file, or "tfds:NAME:SPLIT"), checked; train absent in eval_only.
-
-    The labelled evaluation sets are "dev" (the headline) and "dev_mismatched" when given.
-    """
-    d = config.data
-    if d.get("tfds", ""):
-        if any(d[k] for k in ("train", "dev", "test")):
-            raise config_lib.ConfigError(
-                f"config.data.tfds={d.tfds!r} and data files are both set; use one (clear "
-                "config.data.train/dev/test, or --config.data.tfds=)")
-        out = {role: f"{TFDS_PREFIX}{d.tfds}:{split}" for role, split in tfds_splits(config).items()}
-        # TFDS test splits of GLUE exist but are unlabelled; they are read only when asked for.
-        if "test" in out and "test=" not in d.get("tfds_splits", ""):
-            del out["test"]
-    else:
-        if not eval_only and not d.train:
-            raise config_lib.ConfigError("config.data.train is empty; pass the training file "
-                                         "(--config.data.train=PATH)")
-        if not d.dev:
-            raise config_lib.ConfigError("config.data.dev is empty; pass the dev file "
-                                         "(--config.data.dev=PATH)")
-        out = {k: d[k] for k in ("train", "dev", "dev_mismatched", "test") if d.get(k, "")}
-        for key, path in out.items():
-            if not os.path.isfile(path) and not (key == "train" and eval_only):
-                raise config_lib.ConfigError(f"config.data.{key}={path!r} does not exist")
-    if eval_only:
-        out.pop("train", None)
-    return out
-
-
-def examples(config: Any, path: str, read_file: Callable[[str], list]) -> list:
-    """The reader dicts of one split: from TFDS for "tfds:NAME:SPLIT", else ``read_file(path)``."""
-    if path.startswith(TFDS_PREFIX):
-        name, _, split = path[len(TFDS_PREFIX):].rpartition(":")
-        return readers.tfds_examples(name, split, config.data.get("tfds_data_dir", "") or None)
-    return read_file(path)
-
-
-def host_rows(arrays: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
-    """This host's share of a global batch given the global batch's row indices: host i takes
-    the i-th contiguous block, matching multihost.global_batch's process-order assembly."""
-    n, i = multihost.process_count(), multihost.process_index()
-    local = len(rows) // n
-    mine = rows[i * local:(i + 1) * local]
-    return {k: v[mine] for k, v in arrays.items()}
-
-
-def eval_batches(data: dict[str, np.ndarray], global_batch: int):
-    """Yields this host's rows of each padded global eval batch, with example_mask.
-
-    The set is padded up to a whole number of global batches with copies of row 0 whose mask
-    is 0, so every host runs ceil(N / global_batch) steps and each row appears once.
-    """
-    n = len(data["input_ids"])
-    steps = max(1, math.ceil(n / global_batch))
-    padded = {k: np.concatenate([v, np.repeat(v[:1], steps * global_batch - n, axis=0)])
-              if n else np.zeros((steps * global_batch,) + v.shape[1:], v.dtype)
-              for k, v in data.items()}
-    padded["example_mask"] = (np.arange(steps * global_batch) < n).astype(np.float32)
-    for s in range(steps):
-        yield host_rows(padded, np.arange(s * global_batch, (s + 1) * global_batch))
-
-
-def predict(eval_fn: Callable, params: Any, data: dict[str, np.ndarray], global_batch: int,
-            batch_sh: dict) -> tuple[Any, dict[str, float]]:
-    """Outputs of every row in order (an array, or a dict of arrays, padding cut) and the
-    loss statistics summed over the split."""
-    outs, total = [], {}
-    for b in eval_batches(data, global_batch):
-        r = jax.device_get(eval_fn(params, multihost.global_batch(b, batch_sh)))
-        outs.append(jax.tree.map(np.asarray, r.pop("outputs")))
-        for k, v in r.items():
-            total[k] = total.get(k, 0.0) + float(v)
-    n = len(data["input_ids"])
-    return jax.tree.map(lambda *xs: np.concatenate(xs)[:n], *outs), total
 
 
 # ------------------------------------------------------------------------------------ steps

@@ -199,6 +199,10 @@ class TaggingFamily:
             raise config_lib.ConfigError(f"config.data.labels={d.labels!r} has no 'O'; list "
                                          "every tag, comma-separated (e.g. O,B-LOC,I-LOC)")
         self.head_dropout = config.head_dropout
+        tfds_name = d.get("tfds", "")
+        if tfds_name and tfds_name.split(":")[0].split("/")[0] != "conll2003":
+            raise config_lib.ConfigError(f"config.data.tfds={tfds_name!r}; token tagging reads "
+                                         "TFDS conll2003, or CoNLL files")
 
     @property
     def task_name(self) -> str:
