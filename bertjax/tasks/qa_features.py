@@ -59,13 +59,16 @@ def align_pieces(word: str, pieces: Sequence[str | None]) -> Offsets | None:
       word (the caller then gives every piece the whole word). A piece with no text (a bare
       "▁") gets the empty span where the next text starts.
     """
-    folded, owner = [], []  # folded characters, and the original character each comes from
-    for i, ch in enumerate(word):
-        for f in _fold(ch):
-            folded.append(f)
-            owner.append(i)
-    stream = "".join(folded)
-    owner.append(len(word))  # a match ending at the stream's end ends at the word's end
+    if word.isascii() and word.isprintable():  # most words: folding is lower-casing
+        stream, owner = word.lower(), list(range(len(word) + 1))
+    else:
+        folded, owner = [], []  # folded characters, and the original character of each
+        for i, ch in enumerate(word):
+            for f in _fold(ch):
+                folded.append(f)
+                owner.append(i)
+        stream = "".join(folded)
+        owner.append(len(word))  # a match ending at the stream's end ends at the word's end
     spans: Offsets = []
     pending: list[int] = []  # [UNK] pieces waiting for the next matched piece
     pos = 0
@@ -74,7 +77,7 @@ def align_pieces(word: str, pieces: Sequence[str | None]) -> Offsets | None:
             pending.append(k)
             spans.append((0, 0))
             continue
-        text = _fold(piece)
+        text = piece.lower() if piece.isascii() and piece.isprintable() else _fold(piece)
         if not text:
             spans.append((owner[pos], owner[pos]))
             continue
