@@ -314,8 +314,9 @@ def run(config: Any, workdir: str, family: Family, eval_only: bool = False,
         for path in (ckpt_dir, latest_dir):
             if os.path.isdir(path):
                 shutil.rmtree(path)
-        if os.path.exists(best_path):
-            os.remove(best_path)
+        for path in (best_path, os.path.join(workdir, "metrics.json")):  # an interrupted
+            if os.path.exists(path):  # rerun must not look finished
+                os.remove(path)
     multihost.barrier("finetune workdir ready")
     ckpt = ckpt_lib.Checkpointer(ckpt_dir, every=1, keep=1, async_save=False)
     latest = None if eval_only else ckpt_lib.Checkpointer(latest_dir, every=1, keep=1,
