@@ -2,6 +2,7 @@
 
     python -m bertjax.finetune --config=configs/glue.py:task=sst2 --config.init_from=WORKDIR \
         --config.data.train=... --config.data.dev=... --workdir=runs/sst2
+    python -m bertjax.finetune --config=configs/ner.py --config.init_from=WORKDIR         --config.data.train=eng.train --config.data.dev=eng.testa --workdir=runs/ner
 
 Kept short on purpose: flags, then the library does the work (bertjax/tasks/runner.py with the
 task's family: classify.py, tagging.py, ...; bertjax/tasks/families.py picks it).

@@ -8,7 +8,12 @@ Usage:
       --config.data.train=train.csv --config.data.dev=dev.csv --config.data.text_a=review \\
       --config.data.label=sentiment --config.data.labels=neg,pos --workdir=runs/reviews
 
-Tasks: cola sst2 mrpc qqp mnli qnli rte wnli stsb (regression), custom.
+  python -m bertjax.finetune --config=configs/glue.py:task=mnli --config.init_from=runs/base \
+      --config.data.tfds=glue/mnli --config.data.tfds_data_dir=~/tensorflow_datasets
+
+Tasks: cola sst2 mrpc qqp mnli qnli rte wnli stsb (regression), custom. MNLI also scores
+``--config.data.dev_mismatched=dev_mismatched.tsv`` (TFDS: validation_mismatched) as
+"dev_mismatched" in metrics.json; the headline stays the matched dev.
 ``runlocal`` makes a short smoke run (30 steps, batch 16, seq 64).
 """
 
