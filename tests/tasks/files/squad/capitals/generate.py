@@ -1,11 +1,13 @@
 """Writes the tiny SQuAD files of tests/tasks/test_qa.py into this directory (deterministic).
 
-Each context lists capitals, "The capital of <country> is <city>.", long enough that a
-48-token window cannot hold it (so the doc stride matters and later facts only appear in a
-later window). Questions ask "What is the capital of <country>?"; city names are two word
-pieces ("Bar" + "##ton"), one country is accented ("Estéria") to exercise lower-casing and
-accent stripping. In v2.0 some questions ask about a country the context does not mention
-(is_impossible, no answers).
+A context is eight sentences: seven "<country> is near <country>." and one
+"The capital of <country> is <city>." at a random place, about 45 word pieces, so a 48-token
+window cannot hold it (the doc stride matters, and a fact near the end is only seen by a later
+window). Two questions ask for that capital ("What is the capital of X?", "Which city is the
+capital of X?"). The city is the only one in the context, so even a tiny model learns to find
+it in a few dozen steps. City names are two word pieces ("Tor" "##wick"); one country is
+accented ("Estéria", the uncased vocab holds "esteria"). In v2.0 every third context has no
+capital sentence and one question about a country it does not name (is_impossible).
 """
 
 import json
@@ -23,33 +25,31 @@ def make(version: str, contexts: int, seed: int) -> dict:
     rng = random.Random(seed)
     data = []
     for c in range(contexts):
-        countries = rng.sample(COUNTRIES, 6)
-        facts = [(x, rng.choice(HEADS) + rng.choice(TAILS)) for x in countries]
-        context, starts = "", {}
-        for x, city in facts:
-            sentence = f"The capital of {x} is "
-            starts[x] = (len(context) + len(sentence), city)
-            context += sentence + city + ". "
-        context = context.strip()
-        qas = []
-        asked = rng.sample(countries, 3)
-        for k, x in enumerate(asked):
-            start, city = starts[x]
-            qas.append({"id": f"{version}-{seed}-{c}-{k}",
-                        "question": f"What is the capital of {x}?",
-                        "answers": [{"text": city, "answer_start": start}],
-                        **({"is_impossible": False} if version == "v2.0" else {})})
-        if version == "v2.0" and c % 2 == 0:
-            x = rng.choice([y for y in COUNTRIES if y not in countries])
-            qas.append({"id": f"{version}-{seed}-{c}-none", "question":
-                        f"What is the capital of {x}?", "answers": [], "is_impossible": True})
+        x, *others = rng.sample(COUNTRIES, 8)
+        sentences = [f"{a} is near {rng.choice(others)}." for a in others]
+        impossible = version == "v2.0" and c % 3 == 2
+        if not impossible:
+            city = rng.choice(HEADS) + rng.choice(TAILS)
+            sentences.insert(rng.randrange(len(sentences) + 1),
+                             f"The capital of {x} is {city}.")
+        context = " ".join(sentences)
+        flag = {"is_impossible": impossible} if version == "v2.0" else {}
+        if impossible:
+            qas = [{"id": f"{version}-{seed}-{c}-0", "question": f"What is the capital of {x}?",
+                    "answers": [], **flag}]
+        else:
+            start = context.index(f"The capital of {x} is ") + len(f"The capital of {x} is ")
+            qas = [{"id": f"{version}-{seed}-{c}-{k}", "question": q,
+                    "answers": [{"text": city, "answer_start": start}], **flag}
+                   for k, q in enumerate([f"What is the capital of {x}?",
+                                          f"Which city is the capital of {x}?"])]
         data.append({"title": f"capitals-{c}", "paragraphs": [{"context": context,
                                                                 "qas": qas}]})
     return {"version": version, "data": data}
 
 
 def vocab() -> list[str]:
-    words = {"the", "capital", "of", "is", "what", ".", "?"}
+    words = {"the", "capital", "of", "is", "what", "which", "city", "near", ".", "?"}
     words |= {x.lower().replace("é", "e") for x in COUNTRIES} | {h.lower() for h in HEADS}
     return (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(words)
             + [f"##{t}" for t in TAILS])
@@ -57,7 +57,7 @@ def vocab() -> list[str]:
 
 def main() -> None:
     for version in ("v1.1", "v2.0"):
-        for split, n, seed in (("train", 60, 1), ("dev", 11, 2)):
+        for split, n, seed in (("train", 80, 1), ("dev", 14, 2)):
             with open(os.path.join(HERE, f"{split}-{version}.json"), "w") as f:
                 json.dump(make(version, n, seed), f, indent=1, ensure_ascii=False)
                 f.write("\n")
