@@ -190,6 +190,9 @@ def test_padded_eval_same_on_1_and_8_devices_and_masks_non_context():
     p1 = {k: a.text for k, a in family._answers(out1, dev).items()}
     assert p1 == {k: a.text for k, a in family._answers(out8, dev).items()}
     assert set(p1) == {q.id for q in dev.meta}
+    # Decoding with the best threshold found scores what best_thresholds promised.
+    family.null_threshold = s1["best_f1_thresh"]
+    assert family.score(out1, dev)["f1"] == pytest.approx(s1["best_f1"])
 
 
 def test_tfds_squad_reads_like_the_json_file():
