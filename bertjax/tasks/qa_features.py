@@ -20,6 +20,7 @@ Neither JAX nor TensorFlow is imported here.
 from __future__ import annotations
 
 import dataclasses
+import re
 import unicodedata
 from typing import Any, Sequence
 
@@ -30,6 +31,7 @@ from bertjax.tasks import features
 from bertjax.tasks import squad
 
 Offsets = list[tuple[int, int]]
+_WORD = re.compile(r"\S+")
 
 
 # ------------------------------------------------------------------------------------ offsets
@@ -97,18 +99,9 @@ def align_pieces(word: str, pieces: Sequence[str | None]) -> Offsets | None:
 
 
 def whitespace_words(text: str) -> Offsets:
-    """(start, end) of every maximal run of non-whitespace characters of ``text``."""
-    words, start = [], None
-    for i, ch in enumerate(text):
-        if ch.isspace():
-            if start is not None:
-                words.append((start, i))
-                start = None
-        elif start is None:
-            start = i
-    if start is not None:
-        words.append((start, len(text)))
-    return words
+    """(start, end) of every maximal run of non-whitespace characters of ``text`` (whitespace
+    as str.isspace has it, which covers BERT's and sentencepiece's)."""
+    return [m.span() for m in _WORD.finditer(text)]
 
 
 def tokenize_with_offsets(texts: Sequence[str], tok: features.TaskTokenizer
