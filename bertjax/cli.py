@@ -6,8 +6,10 @@ catches it and prints ``error: ...`` naming the flag, what was expected and how 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
+from typing import Callable, Iterator
 
 from absl import flags
 
@@ -75,3 +77,29 @@ def config_value(holder) -> object:
              "path and that it defines get_config (e.g. --config=configs/bert_tiny.py)")
     except (AttributeError, KeyError, ValueError, TypeError) as e:
         fail(f"--config: {e}")
+
+
+def define_cluster_flags() -> Callable[[], tuple[str | None, int | None, int | None]]:
+    """Defines --coordinator_address, --num_processes and --process_id (multi-process runs;
+    auto-detected when left out) and returns a function giving their parsed values, in the
+    order multihost.initialize takes them."""
+    coord = flags.DEFINE_string("coordinator_address", None,
+                                "host:port of process 0 (multi-process runs; else auto-detected).")
+    nproc = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
+    proc_id = flags.DEFINE_integer("process_id", None, "This process's index.")
+    return lambda: (coord.value, nproc.value, proc_id.value)
+
+
+@contextlib.contextmanager
+def input_errors(debug: bool, *more: type[BaseException]) -> Iterator[None]:
+    """Inside: a config, data or cluster error (or one of ``more``) ends the program with one
+    ``error:`` line and exit 2; ``debug`` lets the traceback through instead."""
+    from bertjax import config as config_lib  # here: importing it starts JAX
+    from bertjax import multihost
+    from bertjax.data.errors import DataError
+    try:
+        yield
+    except (config_lib.ConfigError, DataError, multihost.ClusterError, *more) as e:
+        if debug:
+            raise
+        fail(str(e))

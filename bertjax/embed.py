@@ -44,22 +44,16 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from bertjax import config as config_lib
     from bertjax import multihost  # after flag parsing: jax starts here
-    from bertjax.data.errors import DataError
     from bertjax.tasks import embedding
 
     settings = embedding.Settings(
         init_from=_INIT_FROM.value, pooling=_POOLING.value, normalize=_NORMALIZE.value,
         max_seq_length=_MAX_LEN.value, batch_size=_BATCH.value, tokenizer=_TOKENIZER.value,
         dtype=_DTYPE.value)
-    try:
+    with cli.input_errors(_DEBUG.value):
         multihost.initialize()  # several processes: BERTJAX_* variables (launch/local.py)
         embedding.run(settings, _INPUT.value, _PAIRS.value, _OUTPUT.value)
-    except (config_lib.ConfigError, DataError, multihost.ClusterError) as e:
-        if _DEBUG.value:
-            raise
-        cli.fail(str(e))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ import os
 from absl import app, flags, logging
 
 from bertjax import cli
-from bertjax import config as config_lib
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "glue.py")
 _CONFIG = cli.define_config(os.path.normpath(_DEFAULT_CONFIG),
@@ -25,10 +24,7 @@ _WORKDIR = flags.DEFINE_string("workdir", "", "Where checkpoints, predictions an
                                "(default runs/<task>).")
 _EVAL_ONLY = flags.DEFINE_bool("eval_only", False, "Evaluate the workdir's kept checkpoint.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an earlier fine-tuning in workdir.")
-_COORD = flags.DEFINE_string("coordinator_address", None,
-                             "host:port of process 0 (multi-process runs; else auto-detected).")
-_NPROC = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
-_PROC_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_CLUSTER = cli.define_cluster_flags()
 _DEBUG = flags.DEFINE_bool("debug", False, "Show full tracebacks for input errors.")
 
 
@@ -37,13 +33,12 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments {argv[1:]}; use --config.key=value")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from bertjax import multihost  # after flag parsing: jax starts here
-    from bertjax.data.errors import DataError
     from bertjax.tasks import demo, families, runner
 
     config = cli.config_value(_CONFIG)
     workdir = _WORKDIR.value or os.path.join("runs", config.task)
-    try:
-        multihost.initialize(_COORD.value, _NPROC.value, _PROC_ID.value)
+    with cli.input_errors(_DEBUG.value):
+        multihost.initialize(*_CLUSTER())
         if config.task == "demo" and not _EVAL_ONLY.value:
             demo.prepare(config, workdir)
         if config.compare_scratch and not _EVAL_ONLY.value:
@@ -51,10 +46,6 @@ def main(argv):
         else:
             family = families.get(config, workdir, _EVAL_ONLY.value)
             runner.run(config, workdir, family, _EVAL_ONLY.value, _OVERWRITE.value)
-    except (config_lib.ConfigError, DataError, multihost.ClusterError) as e:
-        if _DEBUG.value:
-            raise
-        cli.fail(str(e))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ import os
 from absl import app, flags, logging
 
 from bertjax import cli
-from bertjax import config as config_lib
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "glue.py")
 _CONFIG = cli.define_config(os.path.normpath(_DEFAULT_CONFIG),
@@ -30,10 +29,7 @@ _WORKDIR = flags.DEFINE_string("workdir", os.path.join("runs", "glue"),
 _TASKS = flags.DEFINE_string("tasks", "", "Comma-separated subset (default: all nine).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Rerun tasks that finished earlier.")
 _TEST = flags.DEFINE_bool("predict_test", True, "Also write predictions/test.tsv per task.")
-_COORD = flags.DEFINE_string("coordinator_address", None,
-                             "host:port of process 0 (multi-process runs; else auto-detected).")
-_NPROC = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
-_PROC_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_CLUSTER = cli.define_cluster_flags()
 _DEBUG = flags.DEFINE_bool("debug", False, "Show full tracebacks for input errors.")
 
 
@@ -42,19 +38,14 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments {argv[1:]}; use --config.key=value")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from bertjax import multihost  # after flag parsing: jax starts here
-    from bertjax.data.errors import DataError
     from bertjax.tasks import glue_suite
 
     config = cli.config_value(_CONFIG)
-    try:
+    with cli.input_errors(_DEBUG.value):
         tasks = glue_suite.parse_tasks(_TASKS.value)
-        multihost.initialize(_COORD.value, _NPROC.value, _PROC_ID.value)
+        multihost.initialize(*_CLUSTER())
         glue_suite.run_suite(config, _GLUE_DIR.value, _WORKDIR.value, tasks, _INIT_FROM.value,
                              _OVERWRITE.value, _TEST.value)
-    except (config_lib.ConfigError, DataError, multihost.ClusterError) as e:
-        if _DEBUG.value:
-            raise
-        cli.fail(str(e))
 
 
 if __name__ == "__main__":

@@ -91,13 +91,13 @@ class WordPieceAdapter:
                 for i in ids]
 
 
-def latest_saved_config(workdir: str) -> dict | None:
+def latest_saved_config(workdir: str, subdir: str = "checkpoints") -> dict | None:
     """The run config saved with the newest checkpoint step of a bertjax workdir (or None).
 
     Read as the JSON file orbax wrote, without opening a CheckpointManager: this runs before
     JAX is set up and must not create anything in someone else's workdir.
     """
-    root = os.path.join(workdir, "checkpoints")
+    root = os.path.join(workdir, subdir)
     steps = sorted((int(s) for s in os.listdir(root) if s.isdigit()), reverse=True) \
         if os.path.isdir(root) else []
     for step in steps:

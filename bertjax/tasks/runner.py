@@ -190,15 +190,7 @@ RESUME_KEYS = ("task", "family", "init_from", "seed", "global_batch_size", "max_
 
 def _saved_latest(workdir: str) -> dict | None:
     """The config saved with the resumable (latest) checkpoint of an unfinished run, or None."""
-    root = os.path.join(workdir, LATEST)
-    steps = sorted((int(s) for s in os.listdir(root) if s.isdigit()), reverse=True) \
-        if os.path.isdir(root) else []
-    for step in steps:
-        path = os.path.join(root, str(step), "config", "metadata")
-        if os.path.exists(path):
-            with open(path) as f:
-                return json.load(f)
-    return None
+    return features.latest_saved_config(workdir, LATEST)
 
 
 def _resume_difference(saved: dict, config: Any) -> str | None:
