@@ -165,8 +165,8 @@ def _json(path: str, value: Any) -> None:
 
 
 def _take_saved(config: Any, saved: dict) -> None:
-    """eval_only: the fine-tuned model (task, family, encoder sizes, tokenizer, sequence length)
-    is what the workdir says it is, whatever the command line says; data settings the command
+    """eval_only: the fine-tuned model (task, family, encoder sizes, tokenizer, sequence length,
+    QA windows) is what the workdir says it is, whatever the command line says; data settings the command
     leaves empty (files, label list, scheme) come from the workdir too."""
     with config.unlocked():
         config.task = saved.get("task", config.task)
@@ -177,11 +177,15 @@ def _take_saved(config: Any, saved: dict) -> None:
         config.model = ml_collections.ConfigDict(saved["model"])
         # rows are cut (and NER sentences windowed) as in training
         config.max_seq_length = saved.get("max_seq_length", config.max_seq_length)
+        for key in WINDOW_KEYS:  # and QA contexts windowed as in training
+            if key in config.data and key in saved.get("data", {}):
+                config.data[key] = saved["data"][key]
         for key, value in saved.get("data", {}).items():
             if key in config.data and not config.data[key] and value:
                 config.data[key] = value
 
 
+WINDOW_KEYS = ("doc_stride", "max_query_length")  # config.data keys that cut rows
 LATEST = "checkpoints_latest"  # the resumable state; "checkpoints" holds the best one
 RESUME_KEYS = ("task", "family", "init_from", "seed", "global_batch_size", "max_seq_length",
                "total_steps", "optim.lr", "optim.warmup_steps", "data.train", "data.tfds",
