@@ -1,6 +1,7 @@
 """Config files load, validate and fail with one clear line before anything is compiled."""
 
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -83,3 +84,17 @@ def test_cli_reports_bad_config_in_one_line(args, message, tmp_path):
     assert len(errors) == 1 and message in errors[0], r.stderr[-2000:]
     assert "Traceback" not in r.stderr
     assert not os.path.exists(tmp_path / "run")
+
+
+def test_checkpoints_from_before_new_identity_keys_still_resume():
+    """A saved config without rng_impl / model.scan_layers / model.remat ran with their first
+    defaults: no difference is reported against today's defaults, but a real change is."""
+    from bertjax import checkpoint as ckpt_lib
+    current = ckpt_lib.config_to_json(config_lib.base_config())
+    old = json.loads(json.dumps(current))
+    del old["rng_impl"], old["model"]["scan_layers"], old["model"]["remat"]
+    assert ckpt_lib.config_differences(old, current) == []
+    changed = json.loads(json.dumps(current))
+    changed["rng_impl"], changed["model"]["remat"] = "rbg", "full"
+    assert sorted(ckpt_lib.config_differences(old, changed)) == [
+        "model.remat: 'none' -> 'full'", "rng_impl: 'threefry2x32' -> 'rbg'"]
