@@ -1,77 +1,142 @@
-"""The README demo: which standard-library package does a docstring sentence come from?
+"""The README demo: is a docstring sentence in its written word order, or have words been swapped?
 
-A binary task derived offline and deterministically from the embedded corpus (bertjax.data.corpus):
-sentences from the docstrings of ``asyncio`` versus those of ``email``. Sentences that name either
-package are left out, so the label has to be read from the vocabulary and phrasing (event loops,
-futures and transports versus headers, MIME parts and policies), which is what pre-training on
-the same kind of prose should teach. The train set is kept small on purpose: with a few hundred
-labelled examples a pre-trained encoder has something to add over one trained from scratch.
+A binary task derived offline and deterministically from the embedded corpus (bertjax.data.corpus).
+Each chosen sentence gives two examples: the sentence as written (``original``) and a copy in
+which two of its words trade places (``swapped``). Only interior, all-lowercase, purely alphabetic
+words move, so the first word keeps its capital, the last its full stop, and no punctuation
+changes place; the two versions hold exactly the same words. A bag-of-words model therefore
+scores exactly chance, and so does anything that only learns which words occur: the label is in
+the order alone.
+
+Why pre-training should help: masked-language-model pre-training is trained to predict a word
+from the words around it in their order, which is local syntax ("the" before a noun, a verb after
+"to"). A model fine-tuned from scratch has to discover that from a few hundred labelled pairs.
+The comparison shows only what the encoder has learned: one still at the unigram stage of MLM
+(predicting "." for nearly every mask) knows no more order than a fresh one, and both stay at
+chance; a pre-trained encoder that reads order (an imported MiniLM, say) leaves scratch behind.
+
+Splits. Dev sentences come from the documents that pre-training holds out: the same hash of the
+document text that ``bertjax.data.prepare`` uses to pick its eval split (of the embedded corpus,
+as ``python -m bertjax.pretrain`` prepares it); a held-out sentence that a pre-training document
+repeats is dropped, so the pre-trained encoder has never seen a dev sentence. Train sentences
+come from the pre-training documents; the two splits share no sentence.
 
 ``compare`` fine-tunes the pre-trained encoder and, with the same model, steps and data, one from
-random initialisation, and prints the two dev scores side by side.
+random initialisation, and prints the two dev accuracies and their difference.
 """
 
 from __future__ import annotations
 
-import ast
+import dataclasses
 import os
-import sysconfig
-from typing import Any
+import re
+from typing import Any, Iterable, Sequence
 
 import ml_collections
 import numpy as np
 
 from bertjax.data import corpus
+from bertjax.data import prepare as prepare_lib
 from bertjax.data import text
 
-PACKAGES = ("asyncio", "email")
+LABELS = ("original", "swapped")
+MIN_WORDS, MAX_WORDS = 8, 30  # 30 words stay well inside max_seq_length 64 (~1.4 pieces a word)
+DEFAULT_TRAIN, DEFAULT_DEV = 600, 0  # examples (two per sentence); dev 0: every held-out one
+# The fraction `python -m bertjax.pretrain` prepares the embedded corpus with (inputs.py uses
+# PrepareConfig's default), so "held out" here is held out there.
+EVAL_FRACTION = {f.name: f for f in dataclasses.fields(prepare_lib.PrepareConfig)}[
+    "eval_fraction"].default
+_MOVABLE = re.compile(r"[a-z]+")
 
 
-def package_sentences(package: str, root: str | None = None) -> list[str]:
-    """Distinct sentences (6+ words, not naming a demo package) of one stdlib package's
-    docstrings, in the corpus's order."""
-    root = root or sysconfig.get_paths()["stdlib"]
-    out, seen = [], set()
-    for path in corpus._stdlib_files(os.path.join(root, package)):  # the corpus's own walk
-        try:
-            with open(path, encoding="utf-8") as f:
-                tree = ast.parse(f.read(), filename=path)
-        except (SyntaxError, UnicodeDecodeError, ValueError):
-            continue
-        for doc in corpus._docstrings_in_order(tree):
-            for paragraph in corpus._paragraphs(doc):
-                for s in text.split_sentences(paragraph):
-                    s = " ".join(s.split())
-                    low = s.lower()
-                    if len(s.split()) >= 6 and s not in seen and not any(
-                            p in low for p in PACKAGES):
-                        seen.add(s)
-                        out.append(s)
-    return out
+def movable_positions(words: Sequence[str]) -> list[int]:
+    """Indices of the words a corruption may move: interior, lowercase letters only."""
+    return [i for i in range(1, len(words) - 1) if _MOVABLE.fullmatch(words[i])]
 
 
-def write_demo_data(directory: str, train_size: int, dev_size: int,
-                    seed: int = 0) -> tuple[str, str, dict[str, int]]:
-    """Writes balanced train.tsv / dev.tsv (columns sentence, label) into ``directory``.
+def swap_words(sentence: str, rng: np.random.Generator) -> str:
+    """The sentence with two different movable words exchanged (same multiset of words).
+
+    Raises:
+      ValueError: the sentence has fewer than two distinct movable words.
+    """
+    words = sentence.split()
+    pos = movable_positions(words)
+    pairs = [(i, j) for a, i in enumerate(pos) for j in pos[a + 1:] if words[i] != words[j]]
+    if not pairs:
+        raise ValueError(f"no two different movable words in {sentence!r}")
+    i, j = pairs[rng.integers(len(pairs))]
+    words[i], words[j] = words[j], words[i]
+    return " ".join(words)
+
+
+def _usable(sentence: str) -> bool:
+    words = sentence.split()
+    pos = movable_positions(words)
+    return (MIN_WORDS <= len(words) <= MAX_WORDS
+            and len({words[i] for i in pos}) >= 2)
+
+
+def split_sentences(documents: Iterable[list[str]],
+                    eval_fraction: float = EVAL_FRACTION) -> tuple[list[str], list[str]]:
+    """Distinct usable sentences of the documents, split as pre-training splits documents.
+
+    Args:
+      documents: corpus documents, each a list of paragraph lines (corpus.stdlib_documents()).
+      eval_fraction: the fraction of documents pre-training held out.
 
     Returns:
-      (train path, dev path, {"train": n, "dev": n, "available": per-class minimum}).
+      (train-side sentences, held-out sentences), each distinct and in corpus order; a
+      held-out sentence that also occurs in a pre-training document is dropped, so the two
+      lists never share a sentence.
     """
-    per_class = [package_sentences(p) for p in PACKAGES]
-    available = min(len(s) for s in per_class)
-    rng = np.random.default_rng(seed)
-    splits = {"train": [], "dev": []}
-    n_train, n_dev = min(train_size // 2, available // 2), min(dev_size // 2, available // 2)
-    for label, sentences in zip(PACKAGES, per_class):
-        order = rng.permutation(len(sentences))
-        picked = [sentences[i] for i in order]
-        # Dev first from the back of the permutation: the two splits never share a sentence.
-        splits["dev"] += [(s, label) for s in picked[-n_dev:]]
-        splits["train"] += [(s, label) for s in picked[:n_train]]
+    train, held = [], []
+    for doc in documents:
+        lines = [line.strip() for line in doc if line.strip()]  # as text.read_documents reads
+        # The same document id and test as prepare._run_job, so the split matches pre-training.
+        doc_id = prepare_lib.document_hash("\n".join(lines))
+        side = held if prepare_lib._is_eval(doc_id, eval_fraction) else train
+        side.extend(" ".join(s.split()) for s in text.document_sentences(lines))
+    seen = set(train)  # a held-out sentence repeated in a pre-training document was seen
+    held = list(dict.fromkeys(s for s in held if _usable(s) and s not in seen))
+    train = list(dict.fromkeys(s for s in train if _usable(s)))
+    return train, held
+
+
+def make_examples(sentences: Sequence[str], n_sentences: int,
+                  rng: np.random.Generator) -> list[tuple[str, str]]:
+    """(text, label) rows: ``n_sentences`` picked at random, each as written and swapped,
+    in a shuffled order (so exactly half of the rows are each label)."""
+    picked = [sentences[i] for i in rng.permutation(len(sentences))[:n_sentences]]
+    rows = [row for s in picked for row in ((s, LABELS[0]), (swap_words(s, rng), LABELS[1]))]
+    return [rows[i] for i in rng.permutation(len(rows))]
+
+
+def write_demo_data(directory: str, train_size: int, dev_size: int, seed: int = 0,
+                    documents: Iterable[list[str]] | None = None
+                    ) -> tuple[str, str, dict[str, int]]:
+    """Writes train.tsv / dev.tsv (columns sentence, label) into ``directory``.
+
+    Args:
+      directory: created if needed.
+      train_size: training examples (rounded down to even: two per sentence).
+      dev_size: dev examples; 0 takes every usable held-out sentence.
+      seed: picks the sentences, the swaps and the row order.
+      documents: the corpus (default corpus.stdlib_documents()).
+
+    Returns:
+      (train path, dev path, {"train": n, "dev": n, "train_available": sentences,
+      "dev_available": sentences}).
+    """
+    train_pool, dev_pool = split_sentences(
+        corpus.stdlib_documents() if documents is None else documents)
+    rng = np.random.default_rng([seed, 0x0de1])
+    n_dev = len(dev_pool) if dev_size <= 0 else min(dev_size // 2, len(dev_pool))
+    splits = {"train": make_examples(train_pool, min(train_size // 2, len(train_pool)), rng),
+              "dev": make_examples(dev_pool, n_dev, rng)}
     os.makedirs(directory, exist_ok=True)
     paths = []
     for name, rows in splits.items():
-        rows = [rows[i] for i in rng.permutation(len(rows))]
         path = os.path.join(directory, f"{name}.tsv")
         with open(path + ".tmp", "w", encoding="utf-8") as f:
             f.write("sentence\tlabel\n")
@@ -79,7 +144,8 @@ def write_demo_data(directory: str, train_size: int, dev_size: int,
         os.replace(path + ".tmp", path)
         paths.append(path)
     return paths[0], paths[1], {"train": len(splits["train"]), "dev": len(splits["dev"]),
-                                "available": available}
+                                "train_available": len(train_pool),
+                                "dev_available": len(dev_pool)}
 
 
 def prepare(config: Any, workdir: str) -> None:
@@ -89,15 +155,17 @@ def prepare(config: Any, workdir: str) -> None:
     d = config.data
     directory = os.path.join(workdir, "data")
     if multihost.is_chief():
-        write_demo_data(directory, d.demo_train or 400, d.demo_dev or 400, config.seed)
+        write_demo_data(directory, d.demo_train or DEFAULT_TRAIN, d.demo_dev or DEFAULT_DEV,
+                        config.seed)
     multihost.barrier("demo data written")
     with config.unlocked():
         d.train, d.dev = os.path.join(directory, "train.tsv"), os.path.join(directory, "dev.tsv")
-        d.text_a, d.label, d.labels, d.format = "sentence", "label", ",".join(PACKAGES), "tsv"
+        d.text_a, d.label, d.labels, d.format = "sentence", "label", ",".join(LABELS), "tsv"
 
 
 def compare(config: Any, workdir: str, overwrite: bool = False) -> dict[str, Any]:
-    """Fine-tunes from ``config.init_from`` and from scratch (workdir/scratch), same steps."""
+    """Fine-tunes from ``config.init_from`` and from scratch (workdir/scratch), same steps and
+    data, and prints the two dev scores and their difference."""
     from bertjax import multihost
     from bertjax.tasks import classify
 
@@ -108,11 +176,11 @@ def compare(config: Any, workdir: str, overwrite: bool = False) -> dict[str, Any
                            tag="scratch")
     head = pre["headline"]
     if multihost.is_chief():
-        print(f"\n{'dev ' + head:<22}{'pre-trained':>12}{'from scratch':>14}")
-        for key in [head] + [k for k in pre["dev"] if k not in (head, "examples")]:
-            print(f"{key:<22}{pre['dev'][key]:>12.4f}{scratch['dev'][key]:>14.4f}")
-        print(f"{'steps':<22}{pre['steps']:>12}{scratch['steps']:>14}")
-        print(f"{'seconds':<22}{pre['seconds']:>12.1f}{scratch['seconds']:>14.1f}")
-        print(f"(dev examples: {pre['dev']['examples']}, train examples: "
-              f"{pre['train_examples']}; workdirs {workdir} and {workdir}/scratch)", flush=True)
+        a, b = pre["dev"][head], scratch["dev"][head]
+        print(f"\ndemo: word order ({pre['train_examples']} train / {pre['dev']['examples']} "
+              f"dev examples, {pre['steps']} steps each, chance 0.5)")
+        print(f"dev {head} pre-trained   {a:.4f}  ({config.init_from}, {pre['seconds']:.0f} s)")
+        print(f"dev {head} from scratch  {b:.4f}  ({scratch['seconds']:.0f} s)")
+        print(f"difference              {a - b:+.4f}  (workdirs {workdir} and "
+              f"{os.path.join(workdir, 'scratch')})", flush=True)
     return {"pretrained": pre, "scratch": scratch}
