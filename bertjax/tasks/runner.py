@@ -197,15 +197,25 @@ def _saved_latest(workdir: str) -> dict | None:
     return features.latest_saved_config(workdir, LATEST)
 
 
-def _resume_difference(saved: dict, config: Any) -> str | None:
-    """The first setting (of RESUME_KEYS) in which ``config`` differs from the saved run."""
+def setting_difference(saved: dict, config: Any) -> str | None:
+    """The first setting (of RESUME_KEYS) in which ``config`` differs from the saved run.
+
+    ``config`` may still hold the automatic values that a run resolves once it has read its
+    data (total_steps 0: from num_epochs; warmup_steps < 0: from warmup_fraction); the saved
+    run's inputs to that resolution are compared instead.
+    """
     current = ckpt_lib.config_to_json(config)
-    for key in RESUME_KEYS:
+    keys = list(RESUME_KEYS)
+    if not config.total_steps:
+        keys[keys.index("total_steps")] = "num_epochs"
+    if config.optim.warmup_steps < 0:
+        keys[keys.index("optim.warmup_steps")] = "warmup_fraction"
+    for key in keys:
         a, b = saved, current
         for part in key.split("."):
             a, b = (a or {}).get(part), (b or {}).get(part)
         if a != b:
-            return f"config.{key}={b!r} (the interrupted run had {a!r})"
+            return f"config.{key}={b!r} (the earlier run had {a!r})"
     return None
 
 
@@ -285,7 +295,7 @@ def run(config: Any, workdir: str, family: Family, eval_only: bool = False,
         config.total_steps = total_steps
         config.optim.warmup_steps = warmup
     resume = latest_saved is not None and not finished
-    if resume and (diff := _resume_difference(latest_saved, config)):
+    if resume and (diff := setting_difference(latest_saved, config)):
         raise config_lib.ConfigError(
             f"--workdir={workdir} holds an unfinished fine-tuning, but {diff}; resume with the "
             "same settings, or pass --overwrite to start again")

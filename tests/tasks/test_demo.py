@@ -4,12 +4,14 @@ The derivation is checked on the real corpus (read once, ~5 s): the files are de
 balanced, every ``swapped`` row is its ``original`` with two words exchanged (same multiset of
 words, different text), dev sentences come only from the documents pre-training holds out and
 never occur in train. A subprocess runs the demo command (runlocal, a tiny imported encoder) and
-checks that both dev scores and their difference are printed.
+checks that both dev scores and their difference are printed, that running it again reports the
+same scores without training, and that other settings on the same workdir are refused.
 """
 
 from __future__ import annotations
 
 import collections
+import json
 import os
 import re
 import subprocess
@@ -161,3 +163,18 @@ def test_demo_command_prints_both_scores_and_the_difference(tmp_path):
     assert float(diff.group(1)) == pytest.approx(
         float(pre.group(1)) - float(scratch.group(1)), abs=2e-4)
     assert os.path.isfile(tmp_path / "demo" / "scratch" / "metrics.json")
+
+    # Rerun (the README's first command may be run twice): the same scores, nothing retrained.
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("already fine-tuned in") == 2, again.stdout[-3000:]
+    assert "step 4/4" not in again.stdout
+    for line in (pre, scratch, diff):
+        assert line.group(0) in again.stdout
+    # Other settings on the same workdir: refused in one line, the earlier results untouched.
+    changed = subprocess.run(cmd + ["--config.optim.lr=1e-3"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert changed.returncode == 2, changed.stdout[-2000:] + changed.stderr[-2000:]
+    assert "already holds a fine-tuned model" in changed.stderr
+    with open(tmp_path / "demo" / "metrics.json") as f:
+        assert f"{json.load(f)['dev']['accuracy']:.4f}" == pre.group(1)
