@@ -173,6 +173,8 @@ def _take_saved(config: Any, saved: dict) -> None:
         if "family" in config and saved.get("family"):
             config.family = saved["family"]
         config.init_from = saved.get("init_from", "")
+        if "rng_impl" in config:  # the state's key is of the kind the run trained with
+            config.rng_impl = saved.get("rng_impl", ckpt_lib.ABSENT_MEANS["rng_impl"])
         config.tokenizer = saved.get("tokenizer", "") or config.tokenizer
         config.model = ml_collections.ConfigDict(saved["model"])
         # rows are cut (and NER sentences windowed) as in training
@@ -187,9 +189,9 @@ def _take_saved(config: Any, saved: dict) -> None:
 
 WINDOW_KEYS = ("doc_stride", "max_query_length")  # config.data keys that cut rows
 LATEST = "checkpoints_latest"  # the resumable state; "checkpoints" holds the best one
-RESUME_KEYS = ("task", "family", "init_from", "seed", "global_batch_size", "max_seq_length",
-               "total_steps", "optim.lr", "optim.warmup_steps", "data.train", "data.tfds",
-               "data.labels")
+RESUME_KEYS = ("task", "family", "init_from", "seed", "rng_impl", "global_batch_size",
+               "max_seq_length", "total_steps", "optim.lr", "optim.warmup_steps", "data.train",
+               "data.tfds", "data.labels")
 
 
 def _saved_latest(workdir: str) -> dict | None:
@@ -214,6 +216,8 @@ def setting_difference(saved: dict, config: Any) -> str | None:
         a, b = saved, current
         for part in key.split("."):
             a, b = (a or {}).get(part), (b or {}).get(part)
+        if a is None:  # saved before the key existed: it ran with the key's original default
+            a = ckpt_lib.ABSENT_MEANS.get(key)
         if a != b:
             return f"config.{key}={b!r} (the earlier run had {a!r})"
     return None
@@ -263,6 +267,9 @@ def run(config: Any, workdir: str, family: Family, eval_only: bool = False,
         if config.init_from and not os.path.isdir(config.init_from):
             raise config_lib.ConfigError(f"config.init_from={config.init_from!r} does not exist; "
                                          "give a pre-training workdir or an import")
+    if config.get("rng_impl", "threefry2x32") not in config_lib.RNG_IMPLS:
+        raise config_lib.ConfigError(f"config.rng_impl={config.rng_impl!r} is not a JAX PRNG "
+                                     f"implementation; use one of {config_lib.RNG_IMPLS}")
     if hasattr(family, "prepare"):
         family.prepare(config)
     paths = sources(config, eval_only)
@@ -307,6 +314,7 @@ def run(config: Any, workdir: str, family: Family, eval_only: bool = False,
     # 2. build
     pred_dir = os.path.join(workdir, "predictions")
     os.makedirs(pred_dir, exist_ok=True)
+    train.use_rng_impl(config.get("rng_impl", "threefry2x32"))  # dropout bits, as pre-training
     model = family.make_model(model_cfg)
     tx, schedule = optim.make_optimizer(config)
     rules = tuple(tuple(r) for r in config.sharding.rules)

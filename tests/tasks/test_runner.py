@@ -96,3 +96,32 @@ def test_family_registry():
     c.family = "nope"
     with pytest.raises(config_lib.ConfigError, match="'nope'.*classify"):
         families.get(c)
+
+
+def test_rng_impl_draws_the_dropout_bits_and_belongs_to_the_run(tmp_path):
+    from bertjax import checkpoint as ckpt_lib
+    from bertjax import train
+
+    def short(**kw):
+        c = _config()
+        c.total_steps, c.eval_every, c.checkpoint_every = 4, 4, 4
+        c.update(kw)
+        return c
+
+    try:
+        threefry = classify.run(short(), str(tmp_path / "threefry"))
+        rbg = classify.run(short(rng_impl="rbg"), str(tmp_path / "rbg"))
+        again = classify.run(short(rng_impl="rbg"), str(tmp_path / "rbg_again"))
+        evaluated = classify.run(short(), str(tmp_path / "rbg"), eval_only=True)
+    finally:
+        train.use_rng_impl("threefry2x32")  # process-wide: later tests expect the default
+    assert rbg["dev"]["loss"] != threefry["dev"]["loss"]  # other dropout masks, other weights
+    assert again["dev"]["loss"] == rbg["dev"]["loss"]  # and still deterministic
+    assert evaluated["dev"]["loss"] == pytest.approx(rbg["dev"]["loss"], rel=1e-6)
+    saved = ckpt_lib.config_to_json(short())
+    del saved["rng_impl"]  # written before the key existed: it ran with threefry
+    assert runner.setting_difference(saved, short()) is None
+    assert "rng_impl='rbg'" in runner.setting_difference(saved, short(rng_impl="rbg"))
+    with pytest.raises(config_lib.ConfigError, match="rng_impl='philox'"):
+        classify.run(short(rng_impl="philox"), str(tmp_path / "bad"))
+    assert not os.path.exists(tmp_path / "bad")
