@@ -7,11 +7,12 @@ catches it and prints ``error: ...`` naming the flag, what was expected and how 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import sys
 from typing import Callable, Iterator
 
-from absl import flags
+from absl import app, flags
 
 
 def _config_flag(argv: list[str], message: str) -> str:
@@ -88,6 +89,19 @@ def define_cluster_flags() -> Callable[[], tuple[str | None, int | None, int | N
     nproc = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
     proc_id = flags.DEFINE_integer("process_id", None, "This process's index.")
     return lambda: (coord.value, nproc.value, proc_id.value)
+
+
+def define_debug_flag():
+    """Defines --debug: let the tracebacks of input errors through (see ``input_errors``)."""
+    return flags.DEFINE_bool("debug", False, "Show full tracebacks for input errors.")
+
+
+def start(argv: list[str], hint: str = "use --config.key=value") -> None:
+    """The first lines of a command's main: stray arguments are a usage error (``hint`` says
+    what to write instead), and TensorFlow's C++ start-up lines are kept quiet."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}; {hint}")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 @contextlib.contextmanager

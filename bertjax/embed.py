@@ -9,8 +9,6 @@ sentences per line (optional third column: a gold score) -> cosine similarities,
 Spearman against the gold scores when present.
 """
 
-import os
-
 from absl import app, flags, logging
 
 from bertjax import cli
@@ -37,13 +35,11 @@ _BATCH = flags.DEFINE_integer("batch_size", 64, "Sentences per global batch (a m
 _TOKENIZER = flags.DEFINE_string("tokenizer", "", "A sentencepiece .model or a dir with "
                                  "vocab.txt, instead of the workdir's own tokenizer.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
-_DEBUG = flags.DEFINE_bool("debug", False, "Show full tracebacks for input errors.")
+_DEBUG = cli.define_debug_flag()
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    cli.start(argv, "use --flag=value")
     from bertjax import multihost  # after flag parsing: jax starts here
     from bertjax.tasks import embedding
 

@@ -25,13 +25,11 @@ _WORKDIR = flags.DEFINE_string("workdir", "", "Where checkpoints, predictions an
 _EVAL_ONLY = flags.DEFINE_bool("eval_only", False, "Evaluate the workdir's kept checkpoint.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an earlier fine-tuning in workdir.")
 _CLUSTER = cli.define_cluster_flags()
-_DEBUG = flags.DEFINE_bool("debug", False, "Show full tracebacks for input errors.")
+_DEBUG = cli.define_debug_flag()
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}; use --config.key=value")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    cli.start(argv)
     from bertjax import multihost  # after flag parsing: jax starts here
     from bertjax.tasks import demo, families, runner
 
@@ -40,7 +38,8 @@ def main(argv):
     with cli.input_errors(_DEBUG.value):
         multihost.initialize(*_CLUSTER())
         if config.task == "demo" and not _EVAL_ONLY.value:
-            demo.prepare(config, workdir)
+            runner.check_settings(config)  # before the demo writes its data
+            demo.prepare(config, workdir, _OVERWRITE.value)
         if config.compare_scratch and not _EVAL_ONLY.value:
             demo.compare(config, workdir, _OVERWRITE.value)
         else:

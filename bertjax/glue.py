@@ -30,13 +30,11 @@ _TASKS = flags.DEFINE_string("tasks", "", "Comma-separated subset (default: all 
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Rerun tasks that finished earlier.")
 _TEST = flags.DEFINE_bool("predict_test", True, "Also write predictions/test.tsv per task.")
 _CLUSTER = cli.define_cluster_flags()
-_DEBUG = flags.DEFINE_bool("debug", False, "Show full tracebacks for input errors.")
+_DEBUG = cli.define_debug_flag()
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}; use --config.key=value")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    cli.start(argv)
     from bertjax import multihost  # after flag parsing: jax starts here
     from bertjax.tasks import glue_suite
 

@@ -114,8 +114,8 @@ def make_examples(sentences: Sequence[str], n_sentences: int,
 
 
 def write_demo_data(directory: str, train_size: int, dev_size: int, seed: int = 0,
-                    documents: Iterable[list[str]] | None = None
-                    ) -> tuple[str, str, dict[str, int]]:
+                    documents: Iterable[list[str]] | None = None, replace: bool = True,
+                    write: bool = True) -> tuple[str, str, dict[str, int]]:
     """Writes train.tsv / dev.tsv (columns sentence, label) into ``directory``.
 
     Args:
@@ -124,10 +124,15 @@ def write_demo_data(directory: str, train_size: int, dev_size: int, seed: int = 
       dev_size: dev examples; 0 takes every usable held-out sentence.
       seed: picks the sentences, the swaps and the row order.
       documents: the corpus (default corpus.stdlib_documents()).
+      replace: False: files already there must hold exactly these rows.
+      write: False: only the check (the other processes of a multi-process run).
 
     Returns:
       (train path, dev path, {"train": n, "dev": n, "train_available": sentences,
       "dev_available": sentences}).
+
+    Raises:
+      FileExistsError: ``replace`` is False and a file there holds other rows (nothing written).
     """
     train_pool, dev_pool = split_sentences(
         corpus.stdlib_documents() if documents is None else documents)
@@ -135,29 +140,45 @@ def write_demo_data(directory: str, train_size: int, dev_size: int, seed: int = 
     n_dev = len(dev_pool) if dev_size <= 0 else min(dev_size // 2, len(dev_pool))
     splits = {"train": make_examples(train_pool, min(train_size // 2, len(train_pool)), rng),
               "dev": make_examples(dev_pool, n_dev, rng)}
-    os.makedirs(directory, exist_ok=True)
-    paths = []
-    for name, rows in splits.items():
-        path = os.path.join(directory, f"{name}.tsv")
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            f.write("sentence\tlabel\n")
-            f.writelines(f"{s}\t{label}\n" for s, label in rows)
-        os.replace(path + ".tmp", path)
-        paths.append(path)
+    texts = {name: "sentence\tlabel\n" + "".join(f"{s}\t{label}\n" for s, label in rows)
+             for name, rows in splits.items()}
+    paths = [os.path.join(directory, f"{name}.tsv") for name in texts]
+    if not replace:
+        for path, body in zip(paths, texts.values()):
+            if os.path.exists(path):
+                with open(path, encoding="utf-8") as f:
+                    if f.read() != body:
+                        raise FileExistsError(path)
+    if write:
+        os.makedirs(directory, exist_ok=True)
+        for path, body in zip(paths, texts.values()):
+            with open(path + ".tmp", "w", encoding="utf-8") as f:
+                f.write(body)
+            os.replace(path + ".tmp", path)
     return paths[0], paths[1], {"train": len(splits["train"]), "dev": len(splits["dev"]),
                                 "train_available": len(train_pool),
                                 "dev_available": len(dev_pool)}
 
 
-def prepare(config: Any, workdir: str) -> None:
-    """Points ``config.data`` at the demo files, writing them into ``workdir/data`` (chief)."""
+def prepare(config: Any, workdir: str, overwrite: bool = False) -> None:
+    """Points ``config.data`` at the demo files, writing them into ``workdir/data`` (chief).
+
+    Raises:
+      ConfigError: the files there were written for other settings (seed, sizes) and
+        ``overwrite`` is False; they belong to an earlier demo and stay as they are.
+    """
+    from bertjax import config as config_lib
     from bertjax import multihost
 
     d = config.data
     directory = os.path.join(workdir, "data")
-    if multihost.is_chief():
+    try:  # every process checks, so all of them stop on the same error
         write_demo_data(directory, d.demo_train or DEFAULT_TRAIN, d.demo_dev or DEFAULT_DEV,
-                        config.seed)
+                        config.seed, replace=overwrite, write=multihost.is_chief())
+    except FileExistsError as e:
+        raise config_lib.ConfigError(
+            f"{e} holds the demo data of other settings (seed or sizes); use another "
+            "--workdir, or --overwrite to replace the earlier demo") from None
     multihost.barrier("demo data written")
     with config.unlocked():
         d.train, d.dev = os.path.join(directory, "train.tsv"), os.path.join(directory, "dev.tsv")

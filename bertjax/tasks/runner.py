@@ -199,6 +199,20 @@ def _saved_latest(workdir: str) -> dict | None:
     return features.latest_saved_config(workdir, LATEST)
 
 
+def check_settings(config: Any, eval_only: bool = False) -> None:
+    """The settings that can be checked before any file is read or written.
+
+    Raises:
+      ConfigError: ``init_from`` missing (when training) or an unknown ``rng_impl``.
+    """
+    if not eval_only and config.init_from and not os.path.isdir(config.init_from):
+        raise config_lib.ConfigError(f"config.init_from={config.init_from!r} does not exist; "
+                                     "give a pre-training workdir or an import")
+    if config.get("rng_impl", "threefry2x32") not in config_lib.RNG_IMPLS:
+        raise config_lib.ConfigError(f"config.rng_impl={config.rng_impl!r} is not a JAX PRNG "
+                                     f"implementation; use one of {config_lib.RNG_IMPLS}")
+
+
 def setting_difference(saved: dict, config: Any) -> str | None:
     """The first setting (of RESUME_KEYS) in which ``config`` differs from the saved run.
 
@@ -264,12 +278,7 @@ def run(config: Any, workdir: str, family: Family, eval_only: bool = False,
                 finished or latest_saved is None):
             raise config_lib.ConfigError(f"--workdir={workdir} already holds a fine-tuned model; "
                                          "use --eval_only, another workdir, or --overwrite")
-        if config.init_from and not os.path.isdir(config.init_from):
-            raise config_lib.ConfigError(f"config.init_from={config.init_from!r} does not exist; "
-                                         "give a pre-training workdir or an import")
-    if config.get("rng_impl", "threefry2x32") not in config_lib.RNG_IMPLS:
-        raise config_lib.ConfigError(f"config.rng_impl={config.rng_impl!r} is not a JAX PRNG "
-                                     f"implementation; use one of {config_lib.RNG_IMPLS}")
+    check_settings(config, eval_only)
     if hasattr(family, "prepare"):
         family.prepare(config)
     paths = sources(config, eval_only)

@@ -178,3 +178,16 @@ def test_demo_command_prints_both_scores_and_the_difference(tmp_path):
     assert "already holds a fine-tuned model" in changed.stderr
     with open(tmp_path / "demo" / "metrics.json") as f:
         assert f"{json.load(f)['dev']['accuracy']:.4f}" == pre.group(1)
+    # A seed that would write other demo data: refused before the earlier data is touched.
+    data = (tmp_path / "demo" / "data" / "train.tsv").read_text()
+    other_seed = subprocess.run(cmd + ["--config.seed=1"], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=300)
+    assert other_seed.returncode == 2, other_seed.stderr[-2000:]
+    assert "holds the demo data of other settings" in other_seed.stderr
+    assert (tmp_path / "demo" / "data" / "train.tsv").read_text() == data
+    # A missing encoder: one line, and no demo data written into a new workdir.
+    missing = subprocess.run(cmd[:4] + [f"--workdir={tmp_path / 'none'}",
+                                        f"--config.init_from={tmp_path / 'absent'}"],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    assert not os.path.exists(tmp_path / "none")
