@@ -34,7 +34,7 @@ import os
 import platform
 import statistics
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -46,7 +46,7 @@ from bertjax import multihost
 from bertjax import sharding
 from bertjax import synthetic
 from bertjax import train
-from bertjax.bench_report import format_report, write_json  # noqa: F401 (bench.write_json)
+from bertjax.bench_report import format_report, peak_memory, write_json  # noqa: F401 (bench.write_json)
 
 # Dense bf16 tensor-core peaks (no sparsity) from the vendors' datasheets, per chip, in
 # TFLOP/s. Matched as substrings of jax's device_kind, most specific first.
@@ -182,34 +182,6 @@ class _JaxStepper:
         self.state, self.metrics = self.compiled(self.state, batch)
         jax.block_until_ready((self.state, self.metrics))
         self.count += 1
-
-
-def peak_memory(compiled: Any, devices: Sequence[jax.Device]) -> dict[str, Any]:
-    """Peak bytes of one device: the runtime's high-water mark if kept, else the compiler's.
-
-    Returns:
-      {"peak_bytes", "source", "compiled": {argument/output/temp/alias bytes} or None}.
-    """
-    analysis = None
-    try:
-        mem = compiled.memory_analysis()
-        if mem is not None:
-            analysis = {k: int(getattr(mem, f"{k}_size_in_bytes"))
-                        for k in ("argument", "output", "temp", "alias")}
-    except Exception:  # not every backend implements it
-        pass
-    stats = [d.memory_stats() or {} for d in devices]
-    peaks = [s["peak_bytes_in_use"] for s in stats if "peak_bytes_in_use" in s]
-    if peaks:
-        return {"peak_bytes": int(max(peaks)), "source": "device.memory_stats()",
-                "compiled": analysis}
-    if analysis is not None:
-        # Donated state aliases the outputs, so those bytes are not needed twice.
-        total = (analysis["argument"] + analysis["output"] + analysis["temp"]
-                 - analysis["alias"])
-        return {"peak_bytes": int(total), "source": "compiled.memory_analysis()",
-                "compiled": analysis}
-    return {"peak_bytes": None, "source": "unavailable", "compiled": None}
 
 
 def resolved_attention(cfg: model_lib.BertConfig) -> str:

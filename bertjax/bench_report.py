@@ -1,10 +1,38 @@
-"""The bench's output: a readable table and the JSON file (see bertjax/bench.py)."""
+"""The bench's output: peak memory, a readable table and the JSON file (see bertjax/bench.py)."""
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Sequence
+
+
+def peak_memory(compiled: Any, devices: Sequence[Any]) -> dict[str, Any]:
+    """Peak bytes of one device: the runtime's high-water mark if kept, else the compiler's.
+
+    Returns:
+      {"peak_bytes", "source", "compiled": {argument/output/temp/alias bytes} or None}.
+    """
+    analysis = None
+    try:
+        mem = compiled.memory_analysis()
+        if mem is not None:
+            analysis = {k: int(getattr(mem, f"{k}_size_in_bytes"))
+                        for k in ("argument", "output", "temp", "alias")}
+    except Exception:  # not every backend implements it
+        pass
+    stats = [d.memory_stats() or {} for d in devices]
+    peaks = [s["peak_bytes_in_use"] for s in stats if "peak_bytes_in_use" in s]
+    if peaks:
+        return {"peak_bytes": int(max(peaks)), "source": "device.memory_stats()",
+                "compiled": analysis}
+    if analysis is not None:
+        # Donated state aliases the outputs, so those bytes are not needed twice.
+        total = (analysis["argument"] + analysis["output"] + analysis["temp"]
+                 - analysis["alias"])
+        return {"peak_bytes": int(total), "source": "compiled.memory_analysis()",
+                "compiled": analysis}
+    return {"peak_bytes": None, "source": "unavailable", "compiled": None}
 
 
 def _si(x: float | None, unit: str) -> str:
