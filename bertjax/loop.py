@@ -183,6 +183,27 @@ def majority_baseline(it) -> float:
     return max(counts.values()) / total if total else 0.0
 
 
+def _finished(workdir: str, step: int, total_steps: int, chief: bool) -> dict[str, Any]:
+    """The result of a run that has nothing left to do: its last logged metrics, reported."""
+    rows = report.read_metrics(workdir)
+    last = {split: next(({k: v for k, v in r.items() if k not in ("step", "split")}
+                         for r in reversed(rows) if r.get("split") == split), {})
+            for split in ("train", "eval")}
+    if chief:
+        lines = {"workdir": workdir, "steps": f"{step} / {total_steps} (finished earlier; "
+                 "raise --config.total_steps to train on)"}
+        if "loss" in last["train"]:
+            lines["final train loss"] = f"{last['train']['loss']:.4f}"
+        for key, name in (("loss", "eval loss"), ("mlm_accuracy", "eval MLM accuracy"),
+                          ("nsp_accuracy", "eval NSP accuracy")):
+            if key in last["eval"]:
+                lines[name] = f"{last['eval'][key]:.4f}"
+        lines["metrics"] = os.path.join(workdir, "metrics.jsonl")
+        print(report.summary(lines), flush=True)
+    return {"step": step, "train": last["train"], "eval": last["eval"], "tokens_per_s": 0.0,
+            "data_wait_share": 0.0, "preempted": False}
+
+
 def _memory_line(compiled: Any) -> str:
     try:
         mem = compiled.memory_analysis()
@@ -231,6 +252,10 @@ def run(config: Any, workdir: str, allow_config_change: bool = False) -> dict[st
         start = 0
         if config.init_from:
             state = init_params_from(config.init_from, state, fns.state_shardings)
+
+    if start >= config.total_steps:  # finished earlier: say so, compile nothing
+        ckpt.close()
+        return _finished(workdir, start, config.total_steps, chief)
 
     # 4. compile
     first = next(train_it)

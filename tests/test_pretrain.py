@@ -303,3 +303,25 @@ def test_bad_inputs_to_the_command_are_one_line(cache, tmp_path, extra, workdir,
     assert r.returncode == 2 and len(errors) == 1 and message in errors[0], r.stderr[-2000:]
     assert "Traceback" not in r.stderr
     assert not os.path.exists(os.path.join(wd, "checkpoints", "4"))
+
+
+def test_finished_run_reports_its_last_metrics_without_compiling(tmp_path, monkeypatch, capsys):
+    from bertjax import loop
+    c = _tiny_config()
+    c.total_steps, c.eval_every, c.checkpoint_every, c.log_every = 4, 2, 2, 1
+    c.progress_bar, c.async_checkpoints = False, False
+    workdir = str(tmp_path / "run")
+    first = loop.run(c, workdir)
+    log = (tmp_path / "run" / "metrics.jsonl").read_text()
+    capsys.readouterr()
+
+    def no_compile(*args, **kwargs):
+        raise AssertionError("a finished run compiled its train step")
+    monkeypatch.setattr(train, "jit_train_step", no_compile)
+    again = loop.run(c, workdir)
+    out = capsys.readouterr().out
+    assert again["step"] == 4 and again["eval"] == first["eval"] and again["eval"]
+    assert again["train"]["loss"] == first["train"]["loss"]
+    assert "4 / 4 (finished earlier" in out
+    assert f"{first['eval']['mlm_accuracy']:.4f}" in out
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == log  # nothing appended
