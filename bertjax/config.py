@@ -203,6 +203,12 @@ def _check(cond: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def check_rng_impl(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError unless ``config.rng_impl`` (absent: threefry) is a JAX PRNG kind."""
+    _check(config.get("rng_impl", "threefry2x32") in RNG_IMPLS,
+           f"config.rng_impl={config.get('rng_impl')!r}; expected one of {RNG_IMPLS}")
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, int, int]:
     """Checks a run config against itself and the devices; returns the resolved mesh shape.
 
@@ -227,8 +233,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, 
     _check(0 < config.max_predictions <= config.max_seq_length,
            f"config.max_predictions={config.max_predictions}; expected 1..max_seq_length "
            f"({config.max_seq_length})")
-    _check(config.get("rng_impl", "threefry2x32") in RNG_IMPLS,
-           f"config.rng_impl={config.get('rng_impl')!r}; expected one of {RNG_IMPLS}")
+    check_rng_impl(config)
     _check(config.accum_steps >= 1, f"config.accum_steps={config.accum_steps}; expected >= 1")
     _check(config.total_steps >= 1, f"config.total_steps={config.total_steps}; expected >= 1")
     _check(config.global_batch_size >= 1,

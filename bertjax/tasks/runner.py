@@ -208,9 +208,7 @@ def check_settings(config: Any, eval_only: bool = False) -> None:
     if not eval_only and config.init_from and not os.path.isdir(config.init_from):
         raise config_lib.ConfigError(f"config.init_from={config.init_from!r} does not exist; "
                                      "give a pre-training workdir or an import")
-    if config.get("rng_impl", "threefry2x32") not in config_lib.RNG_IMPLS:
-        raise config_lib.ConfigError(f"config.rng_impl={config.rng_impl!r} is not a JAX PRNG "
-                                     f"implementation; use one of {config_lib.RNG_IMPLS}")
+    config_lib.check_rng_impl(config)
 
 
 def setting_difference(saved: dict, config: Any) -> str | None:
