@@ -13,7 +13,8 @@
 # `pip install "jax[cuda12]"` and says so plainly if that fails. For a host with no index,
 # fetch what it lacks beforehand, e.g. `pip download --no-deps -d .whl ml_collections`.
 #
-# cuDNN attention takes the key lengths (model.py): inputs must be right-padded, as BERT's are.
+# cuDNN attention takes the key lengths (model.py): inputs must be right-padded, as BERT's are;
+# packed rows (--pairs_per_row=3, the *-packed run) give it a block-diagonal mask instead.
 # config.rng_impl=rbg draws the dropout bits with XLA's RngBitGenerator instead of threefry.
 #
 # Usage, from the repository root (or anywhere: it cd's there):
@@ -123,6 +124,7 @@ RUNS=(
   "base-s512-cudnn-rbg|bert_base|512|$BASE512|cudnn|$NO_ATTN_DROP $RBG"
   "large-s512-xla-rbg|bert_large|512|$LARGE512|xla|$NO_ATTN_DROP $RBG"
   "large-s512-cudnn-rbg|bert_large|512|$LARGE512|cudnn|$NO_ATTN_DROP $RBG"
+  "base-s512-cudnn-rbg-packed|bert_base|512|$BASE512|cudnn|$NO_ATTN_DROP $RBG --pairs_per_row=3"
   "base-s128-explicit-bertdropout-rbg|bert_base|128|$BASE128|explicit|$RBG"
 )
 TMP=$(mktemp -d)

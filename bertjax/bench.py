@@ -200,7 +200,7 @@ def apply_overrides(config: Any, *, preset: str | None = None, batch: int | None
                     seq_len: int | None = None, max_predictions: int | None = None,
                     dtype: str | None = None, attention_impl: str | None = None,
                     mesh: str | None = None, optimizer: str | None = None,
-                    accum_steps: int = 1, steps: int = 1) -> Any:
+                    accum_steps: int = 1, steps: int = 1, pairs_per_row: int = 1) -> Any:
     """Sets the benchmark's shape and numerics on a run config (in place) and returns it.
 
     Raises:
@@ -231,6 +231,12 @@ def apply_overrides(config: Any, *, preset: str | None = None, batch: int | None
                 "-1,1,1") from None
     if optimizer:
         config.optim.name = optimizer
+    if not 1 <= pairs_per_row <= config.max_seq_length // 8:
+        raise config_lib.ConfigError(
+            f"--pairs_per_row={pairs_per_row}; expected 1 (one sequence per row) up to "
+            f"{config.max_seq_length // 8} (packed rows of at least 8 tokens per sequence)")
+    # Synthetic rows are packed only when asked: the peers of --compare run one per row.
+    config.data.pairs_per_row = pairs_per_row
     config.accum_steps = accum_steps
     # The schedule only needs to outlast the run; its values do not change the step's cost.
     config.total_steps = max(config.total_steps, steps)
@@ -256,7 +262,8 @@ def bertjax_system(config: Any, mesh_shape: tuple[int, int, int]) -> tuple[Syste
     local = multihost.local_batch_size(config.global_batch_size)
     # Two batches, placed once: the step sees changing data without host->device time.
     host = [synthetic.batch(rng, local, config.max_seq_length, config.max_predictions,
-                            config.model.vocab_size) for _ in range(2)]
+                            config.model.vocab_size,
+                            pairs_per_row=config.data.get("pairs_per_row", 1)) for _ in range(2)]
     batch_like = {k: np.zeros((config.global_batch_size,) + v.shape[1:], v.dtype)
                   for k, v in host[0].items()}
     shardings = train.batch_shardings(fns, batch_like)
@@ -442,6 +449,8 @@ def main() -> None:
     flags.DEFINE_enum("optimizer", None, ["lamb", "adamw"],
                       "Default: the config's (adamw with --compare).")
     flags.DEFINE_integer("accum_steps", 1, "Micro-batches per step.")
+    flags.DEFINE_integer("pairs_per_row", 1, "Sequences packed per row (block-diagonal "
+                         "attention); 1: one per row, as in --compare's peers.")
     flags.DEFINE_integer("steps", 20, "Timed steps.")
     flags.DEFINE_integer("warmup", 5, "Untimed steps first.")
     flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
@@ -462,10 +471,15 @@ def main() -> None:
             if f.compare and optimizer == "lamb":
                 raise config_lib.ConfigError("--optimizer=lamb with --compare; torch has no "
                                              "LAMB, so --compare runs AdamW in every system")
+            if f.compare and f.pairs_per_row > 1:
+                raise config_lib.ConfigError(f"--pairs_per_row={f.pairs_per_row} with --compare; "
+                                             "the peers run one sequence per row, so compare "
+                                             "with --pairs_per_row=1")
             apply_overrides(config, preset=f.preset, batch=f.batch, seq_len=f.seq_len,
                             max_predictions=f.max_predictions, dtype=f.dtype,
                             attention_impl=f.attention_impl, mesh=f.mesh, optimizer=optimizer,
-                            accum_steps=f.accum_steps, steps=f.warmup + f.steps)
+                            accum_steps=f.accum_steps, steps=f.warmup + f.steps,
+                            pairs_per_row=f.pairs_per_row)
             results = run(config, f.steps, f.warmup, f.compare, f.matmul_size, f.torch_compile,
                           f.profile_dir)
         except config_lib.ConfigError as e:

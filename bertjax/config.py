@@ -116,6 +116,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.whole_word = False
     c.data.short_seq_prob = 0.1
     c.data.shuffle_buffer = 2048
+    # NSP pairs per row: 1 is BERT's one pair per row, the rest padding; above 1, short pairs
+    # share rows (attention blocked between them, positions restarting), so less padding is
+    # computed. Prepared/embedded data with NSP only; evaluation always uses one pair per row.
+    c.data.pairs_per_row = 1
     c.data.max_documents = 0  # embedded only: keep the first N documents (tests, demos)
     c.data.inject_nan_from = 0  # synthetic only, for fault tests: NaN weights from this batch on
 

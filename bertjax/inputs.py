@@ -41,6 +41,8 @@ class SyntheticIterator:
         self._seed = [config.seed, seed_offset]
         self.num_batches = num_batches
         self._nan_from = config.data.inject_nan_from
+        # Training batches follow config.data.pairs_per_row; evaluation keeps one per row.
+        self._packs = 1 if num_batches is not None else config.data.get("pairs_per_row", 1)
         self.reset()
 
     def reset(self) -> None:
@@ -58,7 +60,7 @@ class SyntheticIterator:
         # depend on the number of processes (1 x 8 devices == 2 x 4 devices, step for step).
         local, rest = self._args[0], self._args[1:]
         n, i = multihost.process_count(), multihost.process_index()
-        full = synthetic.batch(self._rng, local * n, *rest)
+        full = synthetic.batch(self._rng, local * n, *rest, pairs_per_row=self._packs)
         b = {k: v[i * local:(i + 1) * local] for k, v in full.items()}
         if self.num_batches is not None:
             b["example_mask"] = np.ones(local, np.float32)
@@ -105,6 +107,15 @@ def check(config: Any) -> None:
                          "metadata.json); run python -m bertjax.prepare --output there first")
     if not 0.0 < d.mask_rate < 1.0:
         raise InputError(f"config.data.mask_rate={d.mask_rate}; expected 0 < rate < 1")
+    packs = d.get("pairs_per_row", 1)
+    if packs < 1:
+        raise InputError(f"config.data.pairs_per_row={packs}; expected 1 (one NSP pair per row) "
+                         "or more (pack up to that many short pairs into a row)")
+    if packs > 1 and (not config.nsp or d.source == "bert_tfrecords"):
+        what = "MLM-only rows (already packed across documents)" if not config.nsp else \
+            "google-research/bert TFRecords (paired and padded already)"
+        raise InputError(f"config.data.pairs_per_row={packs} packs NSP pairs, which {what} do not "
+                         "have; set --config.data.pairs_per_row=1")
 
 
 def ensure_prepared(config: Any) -> None:
@@ -143,7 +154,8 @@ def train_iterator(config: Any) -> Any:
     from bertjax.data import pretraining
     return pretraining.make_pretraining_iterator(
         data_path(config), batch_size=local, short_seq_prob=config.data.short_seq_prob,
-        shuffle_buffer=config.data.shuffle_buffer, **_tf_kwargs(config))
+        shuffle_buffer=config.data.shuffle_buffer,
+        pairs_per_row=config.data.get("pairs_per_row", 1), **_tf_kwargs(config))
 
 
 def eval_iterator(config: Any) -> Any:

@@ -282,13 +282,15 @@ def run(config: Any, workdir: str, allow_config_change: bool = False) -> dict[st
         from tqdm import tqdm
         progress = tqdm(total=config.total_steps, initial=start, unit="step", dynamic_ncols=True)
     pending, last, last_eval = None, {}, {}
-    data_wait = 0.0
+    data_wait, real_tokens = 0.0, 0.0
     batch = first
     t_start, step, stop = time.perf_counter(), start, False
 
     def drain(pending):
+        nonlocal real_tokens
         s, metrics = pending
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        real_tokens += values["real_tokens"]
         if s % config.log_every == 0 or s == config.total_steps:
             writer.write(s, "train", values)
         if progress is not None:
@@ -341,6 +343,9 @@ def run(config: Any, workdir: str, allow_config_change: bool = False) -> dict[st
     steps_run = (step + 1 - start) if config.total_steps > start else 0
     result = {"step": start + steps_run, "train": last, "eval": last_eval,
               "tokens_per_s": tokens * steps_run / max(elapsed, 1e-9),
+              # tokens that are not padding: what packing (config.data.pairs_per_row) raises
+              "real_tokens_per_s": real_tokens / max(elapsed, 1e-9),
+              "padding_share": 1.0 - real_tokens / max(tokens * steps_run, 1),
               "data_wait_share": data_wait / max(elapsed, 1e-9),
               "preempted": preempted.flag}
     if chief and not preempted.flag and last_eval:
@@ -355,7 +360,9 @@ def run(config: Any, workdir: str, allow_config_change: bool = False) -> dict[st
             "eval MLM accuracy": f"{last_eval['mlm_accuracy']:.4f}",
             "most-frequent-token acc.": f"{result['majority_baseline']:.4f}",
             "eval NSP accuracy": f"{last_eval.get('nsp_accuracy', float('nan')):.4f}",
-            "throughput": f"{result['tokens_per_s']:,.0f} tokens/s",
+            "throughput": f"{result['tokens_per_s']:,.0f} tokens/s, "
+                          f"{result['real_tokens_per_s']:,.0f} of them not padding "
+                          f"({100 * result['padding_share']:.1f}% padding)",
             "waiting for data": f"{100 * result['data_wait_share']:.2f}% of the time",
             "curves": png, "metrics": writer.path,
         }), flush=True)

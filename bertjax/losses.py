@@ -35,13 +35,13 @@ def nsp(logits: jax.Array, labels: jax.Array,
     """Next-sentence cross-entropy; labels 0 = B follows A, 1 = B is random (BERT's convention).
 
     Args:
-      logits: [B, 2] float32.
-      labels: [B] int.
-      weights: [B] optional example weights (0 for padding examples).
+      logits: [B, 2] float32, or [B, M, 2] for packed rows (one prediction per pair).
+      labels: [B] (or [B, M]) int.
+      weights: [B] (or [B, M]) optional weights (0 for padding examples or unused pair slots).
     """
-    labels = labels.reshape(-1)
-    weights = jnp.ones(labels.shape, jnp.float32) if weights is None else weights.astype(
-        jnp.float32)
+    logits, labels = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
+    weights = jnp.ones(labels.shape, jnp.float32) if weights is None else weights.reshape(
+        -1).astype(jnp.float32)
     logp = jax.nn.log_softmax(logits, axis=-1)
     nll = -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
     correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)

@@ -199,8 +199,26 @@ class Embeddings(nn.Module):
         return self.word_embeddings.attend(x)  # [..., V]
 
 
+def attention_mask(input_mask: Array, pack_ids: Array | None) -> Array:
+    """The mask the encoder layers take: who may attend to whom.
+
+    Args:
+      input_mask: [B, L] 1 for real tokens, 0 for padding.
+      pack_ids: [B, L] packed rows (bertjax/data/packing.py): which sequence of the row each
+        token belongs to (1, 2, ...; 0 on padding), or None for one sequence per row.
+
+    Returns:
+      input_mask itself ([B, L]: every query sees the row's real keys), or for packed rows a
+      bool [B, L, L] block-diagonal mask: query i sees key j when both are in the same sequence.
+    """
+    if pack_ids is None:
+        return input_mask
+    same = pack_ids[:, :, None] == pack_ids[:, None, :]  # [B, L, L]
+    return same & (pack_ids[:, None, :] > 0)
+
+
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with a key padding mask."""
+    """Multi-head self-attention with a key padding mask [B, L] or a pairwise mask [B, L, L]."""
 
     cfg: BertConfig
 
@@ -219,10 +237,11 @@ class SelfAttention(nn.Module):
         dropout_active = cfg.attention_dropout > 0.0 and not deterministic
         if impl == "auto":
             impl = "explicit" if dropout_active else "xla"
+        # [B, 1, 1, L] keys for every query, or [B, 1, L, L] per query (packed rows)
+        full_mask = (mask[:, None, None, :] if mask.ndim == 2 else mask[:, None]).astype(bool)
         if impl == "explicit":
             scores = jnp.einsum("bqhk,bshk->bhqs", q, k) / math.sqrt(kv)  # [B, H, L, L]
-            key_mask = mask[:, None, None, :].astype(bool)  # [B, 1, 1, L]
-            scores = jnp.where(key_mask, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+            scores = jnp.where(full_mask, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
             probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
             probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
             ctx = jnp.einsum("bhqs,bshk->bqhk", probs, v)  # [B, L, H, K]
@@ -231,13 +250,12 @@ class SelfAttention(nn.Module):
                 raise ValueError(
                     f"model.attention_impl={impl!r} has no attention dropout; set "
                     "model.attention_dropout=0 or model.attention_impl='explicit'")
-            if impl == "cudnn":  # cuDNN takes lengths, not a mask: inputs are right-padded
+            if impl == "cudnn" and mask.ndim == 2:  # lengths, not a mask: rows are right-padded
                 lengths = jnp.sum(mask, axis=-1).astype(jnp.int32)  # [B]
                 ctx = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths,
                                                    implementation="cudnn")
             else:
-                key_mask = mask[:, None, None, :].astype(bool)  # [B, 1, 1, L]
-                ctx = jax.nn.dot_product_attention(q, k, v, mask=key_mask, implementation=impl)
+                ctx = jax.nn.dot_product_attention(q, k, v, mask=full_mask, implementation=impl)
         ctx = sharding.constrain(ctx, qkv_names)
         out = _dense(cfg, cfg.hidden_size, ("heads", "kv", "embed"), ("embed",), "out",
                      axis=(-2, -1))(ctx)  # [B, L, D]
@@ -335,8 +353,8 @@ class BertModel(nn.Module):
                              "pooler")
 
     def __call__(self, input_ids: Array, input_mask: Array, segment_ids: Array | None = None,
-                 position_ids: Array | None = None, deterministic: bool = True
-                 ) -> tuple[Array, Array]:
+                 position_ids: Array | None = None, deterministic: bool = True,
+                 pack_ids: Array | None = None) -> tuple[Array, Array]:
         """Encodes a batch.
 
         Args:
@@ -345,6 +363,8 @@ class BertModel(nn.Module):
           segment_ids: [B, L] token-type ids (zeros if None).
           position_ids: [B, L] positions (0..L-1 if None; packed sequences restart them).
           deterministic: disables dropout when True.
+          pack_ids: [B, L] for packed rows, the sequence each token belongs to (see
+            ``attention_mask``); None for one sequence per row.
 
         Returns:
           sequence_output [B, L, D] and pooled_output [B, D] (tanh dense on the first token).
@@ -352,13 +372,17 @@ class BertModel(nn.Module):
         if segment_ids is None:
             segment_ids = jnp.zeros_like(input_ids)
         x = self.embeddings(input_ids, segment_ids, position_ids, deterministic)
+        mask = attention_mask(input_mask, pack_ids)
         if self.cfg.scan_layers:
-            x = self.layers(x, input_mask, deterministic)
+            x = self.layers(x, mask, deterministic)
         else:
             for layer in self.layers:
-                x = layer(x, input_mask, deterministic)
-        pooled = jnp.tanh(self.pooler(x[:, 0]))  # [B, D]
-        return x, pooled
+                x = layer(x, mask, deterministic)
+        return x, self.pool(x[:, 0])
+
+    def pool(self, first: Array) -> Array:
+        """The pooler: tanh dense on a sequence's first ([CLS]) hidden state [..., D]."""
+        return jnp.tanh(self.pooler(first))
 
     def attend(self, x: Array) -> Array:
         return self.embeddings.attend(x)
@@ -392,15 +416,22 @@ class BertForPreTraining(nn.Module):
 
     def __call__(self, input_ids: Array, input_mask: Array, segment_ids: Array,
                  masked_lm_positions: Array, position_ids: Array | None = None,
-                 deterministic: bool = True) -> tuple[Array, Array]:
-        """Returns (mlm_logits [B, P, V] float32, nsp_logits [B, 2] float32).
+                 deterministic: bool = True, pack_ids: Array | None = None,
+                 next_sentence_positions: Array | None = None) -> tuple[Array, Array]:
+        """Returns (mlm_logits [B, P, V] float32, nsp_logits [B, 2] or [B, M, 2] float32).
 
         The vocabulary projection runs only on the P gathered masked positions, not on all L:
-        over every position it would be ~20% of BERT-base's FLOPs.
+        over every position it would be ~20% of BERT-base's FLOPs. Packed rows (pack_ids and
+        next_sentence_positions [B, M], the [CLS] of each of up to M pairs) get one NSP
+        prediction per pair.
         """
-        seq, pooled = self.bert(input_ids, input_mask, segment_ids, position_ids, deterministic)
+        seq, pooled = self.bert(input_ids, input_mask, segment_ids, position_ids, deterministic,
+                                pack_ids)
         picked = jnp.take_along_axis(seq, masked_lm_positions[..., None], axis=1)  # [B, P, D]
         h = self.mlm(picked)
         logits = self.bert.attend(h).astype(jnp.float32) + self.mlm_bias.astype(jnp.float32)
-        nsp_logits = self.nsp(pooled).astype(jnp.float32)  # [B, 2]
-        return logits, nsp_logits  # [B, P, V], [B, 2]
+        if next_sentence_positions is not None:
+            cls = jnp.take_along_axis(seq, next_sentence_positions[..., None], axis=1)  # [B, M, D]
+            pooled = self.bert.pool(cls)  # [B, M, D]
+        nsp_logits = self.nsp(pooled).astype(jnp.float32)  # [B, 2] or [B, M, 2]
+        return logits, nsp_logits  # [B, P, V], [B, (M,) 2]

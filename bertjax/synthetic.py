@@ -14,8 +14,9 @@ FIRST_REGULAR_ID = 5
 
 
 def batch(rng: np.random.Generator, batch_size: int, seq_len: int, max_predictions: int,
-          vocab_size: int, alphabet: int = 200) -> dict[str, np.ndarray]:
-    """One batch with the google-research/bert feature names.
+          vocab_size: int, alphabet: int = 200, pairs_per_row: int = 1) -> dict[str, np.ndarray]:
+    """One batch with the google-research/bert feature names (``packed_batch`` rows when
+    pairs_per_row > 1).
 
     Args:
       rng: numpy generator (the caller owns its state, so runs are reproducible).
@@ -27,6 +28,9 @@ def batch(rng: np.random.Generator, batch_size: int, seq_len: int, max_predictio
       input_ids, input_mask, segment_ids [B, L] int32; masked_lm_positions, masked_lm_ids
       [B, P] int32; masked_lm_weights [B, P] float32; next_sentence_labels [B] int32.
     """
+    if pairs_per_row > 1:
+        return packed_batch(rng, batch_size, seq_len, max_predictions, vocab_size, pairs_per_row,
+                            alphabet)
     alphabet = max(2, min(alphabet, vocab_size - FIRST_REGULAR_ID))
     lengths = rng.integers(max(seq_len // 2, 4), seq_len + 1, size=batch_size)
     start = rng.integers(0, alphabet, size=(batch_size, 1))
@@ -58,3 +62,42 @@ def batch(rng: np.random.Generator, batch_size: int, seq_len: int, max_predictio
         "masked_lm_weights": weights.astype(np.float32),
         "next_sentence_labels": (stride[:, 0] % 2).astype(np.int32),
     }
+
+
+def packed_batch(rng: np.random.Generator, batch_size: int, seq_len: int, max_predictions: int,
+                 vocab_size: int, pairs_per_row: int, alphabet: int = 200) -> dict[str, np.ndarray]:
+    """A batch of packed rows (the layout of bertjax/data/packing.py): M short pairs per row.
+
+    Each row holds M = pairs_per_row progressions of at most seq_len // M tokens, each with its
+    own [CLS], positions restarting and pack ids 1..M; predictions are split evenly among them.
+
+    Returns:
+      the keys of ``batch`` plus position_ids, pack_ids [B, L] int32 and, per pair,
+      next_sentence_positions, next_sentence_labels [B, M] int32, next_sentence_weights [B, M]
+      float32.
+    """
+    m = pairs_per_row
+    short = batch(rng, batch_size * m, seq_len // m, max(1, max_predictions // m), vocab_size,
+                  alphabet)
+    lengths = short["input_mask"].sum(1).reshape(batch_size, m)  # [B, M]
+    starts = np.cumsum(lengths, axis=1) - lengths  # [B, M] offset of each pair in its row
+    out = {k: np.zeros((batch_size, seq_len), np.int32) for k in
+           ("input_ids", "input_mask", "segment_ids", "position_ids", "pack_ids")}
+    for i in range(batch_size * m):
+        r, slot = divmod(i, m)
+        n, s = lengths[r, slot], starts[r, slot]
+        for key in ("input_ids", "input_mask", "segment_ids"):
+            out[key][r, s:s + n] = short[key][i, :n]
+        out["position_ids"][r, s:s + n] = np.arange(n)
+        out["pack_ids"][r, s:s + n] = slot + 1
+    p = short["masked_lm_positions"].shape[1]
+    pad = [(0, 0), (0, max_predictions - m * p)]
+    shift = np.repeat(starts.reshape(-1, 1), p, axis=1) * (short["masked_lm_weights"] > 0)
+    for key, values in (("masked_lm_positions", (short["masked_lm_positions"] + shift).astype(np.int32)),
+                        ("masked_lm_ids", short["masked_lm_ids"]),
+                        ("masked_lm_weights", short["masked_lm_weights"])):
+        out[key] = np.pad(values.reshape(batch_size, m * p), pad).astype(values.dtype)
+    out["next_sentence_positions"] = starts.astype(np.int32)
+    out["next_sentence_labels"] = short["next_sentence_labels"].reshape(batch_size, m)
+    out["next_sentence_weights"] = np.ones((batch_size, m), np.float32)
+    return out

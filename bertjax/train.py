@@ -103,15 +103,27 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, mesh:
     return state, shardings
 
 
+def nsp_weights(batch: Batch) -> jax.Array | None:
+    """Weights of the batch's NSP predictions: [B] example_mask (eval padding rows), [B, M]
+    next_sentence_weights (packed rows: used pair slots), their product, or None (all count)."""
+    weights = batch.get("next_sentence_weights")
+    example = batch.get("example_mask")
+    if example is None:
+        return weights
+    return example if weights is None else weights * example[:, None]
+
+
 def _forward(model: nn.Module, params: Any, batch: Batch, rng: jax.Array | None,
              nsp: bool) -> tuple[dict, dict]:
     deterministic = rng is None
     mlm_logits, nsp_logits = model.apply(
         {"params": params}, batch["input_ids"], batch["input_mask"], batch["segment_ids"],
         batch["masked_lm_positions"], batch.get("position_ids"), deterministic=deterministic,
+        pack_ids=batch.get("pack_ids"),
+        next_sentence_positions=batch.get("next_sentence_positions"),
         rngs=None if deterministic else {"dropout": rng})
     mlm = losses.mlm(mlm_logits, batch["masked_lm_ids"], batch["masked_lm_weights"])
-    nsp_stats = losses.nsp(nsp_logits, batch["next_sentence_labels"], batch.get("example_mask"))
+    nsp_stats = losses.nsp(nsp_logits, batch["next_sentence_labels"], nsp_weights(batch))
     if not nsp:
         nsp_stats = jax.tree.map(jnp.zeros_like, nsp_stats)
     return mlm, nsp_stats
@@ -129,14 +141,16 @@ def _split_micro(batch: Batch, k: int) -> Batch:
 def train_step(state: TrainState, batch: Batch, fns: StepFns) -> tuple[TrainState, dict]:
     """One optimizer step on a global batch (pure; jit it with ``jit_train_step``).
 
-    The loss is MLM sum / (masked tokens in the whole global batch) + NSP sum / examples, so
-    k accumulated micro-batches give exactly the gradient of the concatenated batch.
+    The loss is MLM sum / (masked tokens in the whole global batch) + NSP sum / NSP predictions
+    (one per row, or one per pair of packed rows), so k accumulated micro-batches give exactly
+    the gradient of the concatenated batch.
     """
     rng = jax.random.fold_in(state.rng, state.step)
     mlm_denom = jnp.maximum(jnp.sum(batch["masked_lm_weights"].astype(jnp.float32)), 1.0)
+    weights = nsp_weights(batch)
     nsp_denom = jnp.maximum(jnp.float32(batch["input_ids"].shape[0]), 1.0)
-    if "example_mask" in batch:
-        nsp_denom = jnp.maximum(jnp.sum(batch["example_mask"].astype(jnp.float32)), 1.0)
+    if weights is not None:  # packed rows hold several pairs; eval batches padding rows
+        nsp_denom = jnp.maximum(jnp.sum(weights.astype(jnp.float32)), 1.0)
 
     def loss_fn(params, micro, key):
         mlm, nsp = _forward(fns.model, params, micro, key, fns.nsp)
@@ -182,6 +196,7 @@ def train_step(state: TrainState, batch: Batch, fns: StepFns) -> tuple[TrainStat
         "grad_norm": grad_norm,
         "learning_rate": fns.schedule(state.step),
         "mlm_count": mlm["count"],
+        "real_tokens": jnp.sum(batch["input_mask"].astype(jnp.float32)),  # padding excluded
     }
     return new_state, metrics
 

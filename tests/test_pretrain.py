@@ -50,7 +50,9 @@ def cache(tmp_path_factory):
     return path
 
 
-STEPS = ["--config.total_steps=12", "--config.checkpoint_every=3", "--config.eval_every=6"]
+# Packed rows (up to 3 NSP pairs each): resume must be exact through the packing too.
+STEPS = ["--config.total_steps=12", "--config.checkpoint_every=3", "--config.eval_every=6",
+         "--config.data.pairs_per_row=3"]
 
 
 @pytest.fixture(scope="module")
@@ -123,12 +125,14 @@ def test_exact_resume_after_sigkill(cache, straight, tmp_path):
     loss = [e for e in acc.Tensors("loss")]
     assert [e.step for e in loss] == list(range(1, 13))
     assert "most-frequent-token acc." in _log(straight)
+    padding = re.search(r"of them not padding \(([0-9.]+)% padding\)", _log(straight))
+    assert padding and float(padding.group(1)) < 5.0, _log(straight)[-1500:]
 
 
 def test_sigterm_saves_and_next_start_resumes(cache, tmp_path):
     workdir = str(tmp_path / "term")
     steps = ["--config.total_steps=40", "--config.checkpoint_every=100",
-             "--config.eval_every=100"]
+             "--config.eval_every=100", "--config.data.pairs_per_row=1"]  # one pair per row
     p = _start(cache, workdir, *steps)
     _wait_for_step(workdir, 3, p)
     p.send_signal(signal.SIGTERM)
@@ -290,6 +294,8 @@ def test_a_damaged_latest_checkpoint_is_skipped_with_a_message(tmp_path, capsys)
     (["--config.data.source=prepared", "--config.data.path=/nonexistent"], "run",
      "holds no complete preparation"),
     (["--config.data.mask_rate=1.5"], "run", "config.data.mask_rate=1.5"),
+    (["--config.data.pairs_per_row=3", "--config.nsp=False"], "run",
+     "config.data.pairs_per_row=3 packs NSP pairs"),
 ])
 def test_bad_inputs_to_the_command_are_one_line(cache, tmp_path, extra, workdir, message):
     wd = workdir if workdir.startswith("/") else str(tmp_path / workdir)

@@ -1,8 +1,9 @@
 """Input-pipeline throughput: `python -m bertjax.data.bench [--data DIR] [--seconds 10]`.
 
-Prints examples/s and non-padding tokens/s at seq 128 and 512 (NSP pairs + dynamic masking), once
-with a single tf.data thread (the per-core figure) and once with all cores; with --stats also the
-masking and NSP statistics. Without --data it prepares the embedded corpus (Python stdlib
+Prints rows/s, non-padding tokens/s and the rows' fill at seq 128 and 512 (NSP pairs + dynamic
+masking), one pair per row and packed (up to --pairs_per_row pairs per row), once with a single
+tf.data thread (the per-core figure) and once with all cores; with --stats also the masking and
+NSP statistics. Without --data it prepares the embedded corpus (Python stdlib
 docstrings) once into a cache directory.
 """
 
@@ -23,7 +24,7 @@ from bertjax.data.tokenizer import MASK_ID, NUM_SPECIAL
 
 
 def measure(data: str, seq_len: int, max_predictions: int, batch_size: int, seconds: float,
-            threads: int | None) -> tuple[float, float]:
+            threads: int | None, pairs_per_row: int = 1) -> tuple[float, float]:
     """Runs one pipeline for `seconds` after a warm-up.
 
     Args:
@@ -31,13 +32,14 @@ def measure(data: str, seq_len: int, max_predictions: int, batch_size: int, seco
       seq_len, max_predictions, batch_size: pipeline shapes.
       seconds: measuring time.
       threads: tf.data threads (1 = one core; None = all).
+      pairs_per_row: 1, or pack up to this many NSP pairs into a row.
 
     Returns:
-      (examples per second, non-padding tokens per second).
+      (rows per second, non-padding tokens per second).
     """
     it = pretraining.make_pretraining_iterator(
         data, batch_size=batch_size, seq_len=seq_len, max_predictions=max_predictions, seed=0,
-        threads=threads)
+        threads=threads, pairs_per_row=pairs_per_row)
     for _ in range(5):  # tracing, file opening and buffer filling are not throughput
         next(it)
     examples = tokens = 0
@@ -90,6 +92,8 @@ def main() -> None:
     parser.add_argument("--data", help="prepared directory (default: the embedded corpus)")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--pairs_per_row", type=int, default=3,
+                        help="the packed rows' most pairs (the unpacked rows have one)")
     parser.add_argument("--stats", action="store_true",
                         help="also print masking/NSP statistics over 100k masked tokens")
     args = parser.parse_args()
@@ -103,11 +107,14 @@ def main() -> None:
         cores = os.cpu_count() or 1
         print(f"data {data}, batch {args.batch_size}, {args.seconds:.0f} s each, {cores} cores")
         for seq_len, preds in ((128, 20), (512, 80)):
-            for threads, label in ((1, "1 core"), (None, f"{cores} cores")):
-                ex, tok = measure(data, seq_len, preds, args.batch_size, args.seconds, threads)
-                per = 1 if threads == 1 else cores
-                print(f"seq {seq_len:4d} {label:>9}: {ex:9.0f} examples/s {tok:11.0f} tokens/s  "
-                      f"({ex / per:8.0f} examples/s/core, {tok / per:10.0f} tokens/s/core)")
+            for pack in (1, args.pairs_per_row):
+                for threads, label in ((1, "1 core"), (None, f"{cores} cores")):
+                    ex, tok = measure(data, seq_len, preds, args.batch_size, args.seconds,
+                                      threads, pack)
+                    per = 1 if threads == 1 else cores
+                    print(f"seq {seq_len:4d} pairs/row<={pack} {label:>9}: {ex:8.0f} rows/s "
+                          f"{tok:10.0f} tokens/s ({tok / per:9.0f}/core), rows "
+                          f"{100 * tok / max(ex * seq_len, 1):.1f}% filled")
             if args.stats:
                 for nsp, whole_word in ((True, False), (True, True), (False, False)):
                     st = statistics(data, seq_len, preds, nsp=nsp, whole_word=whole_word)

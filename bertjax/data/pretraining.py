@@ -7,8 +7,9 @@
 
 Training (documents prepared by bertjax.prepare): host i of N reads the training shard files
 i, i+N, ... (every file by exactly one host) in a per-epoch shuffled order, interleaves them,
-shuffles documents, turns them into NSP pairs or packed sequences (pairs.py), shuffles instances,
-batches and masks each batch afresh (masking.py), so pairs and masks change every epoch. All
+shuffles documents, turns them into NSP pairs or packed sequences (pairs.py), optionally packs
+several short pairs into one row (packing.py, `pairs_per_row`), shuffles instances, batches and
+masks each batch afresh (masking.py), so pairs and masks change every epoch. All
 randomness is either a tf.data shuffle (its state is in the iterator checkpoint) or stateless and
 seeded by (seed, host, position in the stream), hence restore == uninterrupted.
 
@@ -29,7 +30,7 @@ from typing import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from bertjax.data import masking, pairs, sources
+from bertjax.data import masking, packing, pairs, sources
 from bertjax.data import tokenizer as tok_lib
 from bertjax.data.errors import DataError
 
@@ -66,8 +67,10 @@ def _records(files: list[str], seed: int, host: int, training: bool) -> tf.data.
 
 
 def _document_instances(files: list[str], *, seq_len: int, nsp: bool, short_seq_prob: float,
-                        seed: int, host: int, training: bool, doc_buffer: int) -> tf.data.Dataset:
-    """Documents -> unbatched instances {tokens [L], seg_a [], label []} (int32, zero-padded)."""
+                        seed: int, host: int, training: bool, doc_buffer: int,
+                        pairs_per_row: int = 1) -> tf.data.Dataset:
+    """Documents -> unbatched instances {tokens [L], seg_a [], label []} (int32, zero-padded),
+    or, with pairs_per_row > 1, packed rows (packing.pack_pairs' features, one row each)."""
     ds = _records(files, seed, host, training)
     if training:
         ds = ds.shuffle(doc_buffer, seed=_mix(seed, host, "docs"), reshuffle_each_iteration=True)
@@ -79,6 +82,9 @@ def _document_instances(files: list[str], *, seq_len: int, nsp: bool, short_seq_
         if nsp:
             out = pairs.nsp_instances(tokens, lengths, tf.stack([tf.cast(group_seed, tf.int64), i]),
                                       seq_len, short_seq_prob)
+            if pairs_per_row > 1:
+                return packing.pack_pairs(out["tokens"], out["seg_a"], out["label"], seq_len,
+                                          pairs_per_row)
         else:
             out = pairs.packed_sequences(tokens, lengths, seq_len)
         # Padded here, not by padded_batch: tf.data cannot pad-batch unbatched ragged rows.
@@ -96,13 +102,21 @@ def _masker(seq_len: int, max_predictions: int, vocab_size: int, mask_rate: floa
     def features(i: tf.Tensor, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         ids = tf.ensure_shape(batch["tokens"], [None, seq_len])  # [B, L]
         input_mask = tf.cast(ids != tok_lib.PAD_ID, tf.int32)
-        pos = tf.range(seq_len)[None, :]
-        segment_ids = tf.cast(pos >= batch["seg_a"][:, None], tf.int32) * input_mask
         masked = masking.mask_batch(ids, tf.stack([tf.cast(mask_seed, tf.int64), i]),
                                     vocab_size=vocab_size, max_predictions=max_predictions,
                                     mask_rate=mask_rate, word_starts=starts)
-        out = {"input_ids": masked.pop("input_ids"), "input_mask": input_mask,
-               "segment_ids": segment_ids, **masked, "next_sentence_labels": batch["label"]}
+        out = {"input_ids": masked.pop("input_ids"), "input_mask": input_mask}
+        if "pack_ids" in batch:  # packed rows: M pairs per row, each with its own NSP slot
+            out.update(segment_ids=batch["type_ids"], position_ids=batch["position_ids"],
+                       pack_ids=batch["pack_ids"], **masked,
+                       next_sentence_positions=batch["nsp_positions"],
+                       next_sentence_labels=batch["nsp_labels"],
+                       next_sentence_weights=batch["nsp_weights"])
+        else:
+            pos = tf.range(seq_len)[None, :]
+            segment_ids = tf.cast(pos >= batch["seg_a"][:, None], tf.int32) * input_mask
+            out.update(segment_ids=segment_ids, **masked,
+                       next_sentence_labels=batch["label"])
         if "example_mask" in batch:
             out["example_mask"] = batch["example_mask"]
         return out
@@ -186,7 +200,7 @@ def make_pretraining_iterator(
         host_index: int = 0, host_count: int = 1, seed: int = 0, nsp: bool = True,
         whole_word: bool = False, mask_rate: float = 0.15, short_seq_prob: float = 0.1,
         shuffle_buffer: int = 2048, doc_buffer: int = 256, model_vocab_size: int | None = None,
-        threads: int | None = None) -> DataIterator:
+        threads: int | None = None, pairs_per_row: int = 1) -> DataIterator:
     """Endless, shuffled, dynamically masked training batches for this host.
 
     Args:
@@ -203,18 +217,31 @@ def make_pretraining_iterator(
       shuffle_buffer, doc_buffer: instance and document shuffle buffers (memory vs. mixing).
       model_vocab_size: if given, checked against the tokenizer's size.
       threads: tf.data threads for this pipeline (None: a shared pool over all cores).
+      pairs_per_row: M; above 1, up to M NSP pairs share a row (packing.py) instead of one pair
+        and padding per row. Needs nsp=True and a prepared directory.
 
     Returns:
       A DataIterator of dicts: input_ids, input_mask, segment_ids [B, L] int32;
       masked_lm_positions, masked_lm_ids [B, P] int32; masked_lm_weights [B, P] float32;
-      next_sentence_labels [B] int32.
+      next_sentence_labels [B] int32. With pairs_per_row = M > 1 also position_ids, pack_ids
+      [B, L] int32, and per pair next_sentence_positions, next_sentence_labels [B, M] int32 and
+      next_sentence_weights [B, M] float32.
     """
     _check_args(batch_size, seq_len, max_predictions, mask_rate)
+    if pairs_per_row < 1:
+        raise DataError(f"pairs_per_row {pairs_per_row} must be at least 1 (1: one NSP pair per "
+                        "row, no packing; e.g. 3 packs up to three short pairs into a row)")
+    if pairs_per_row > 1 and not nsp:
+        raise DataError(f"pairs_per_row {pairs_per_row} packs NSP pairs, but nsp is off; MLM-only "
+                        "sequences are already packed across documents, so use pairs_per_row=1")
     source = sources.Source(data, "train")
     source.check(seq_len, max_predictions, whole_word, model_vocab_size)
     files = sources.host_files(source.files, host_index, host_count)
     instance_seed = _mix(seed, host_index, "instances")
     if source.format == "bert":
+        if pairs_per_row > 1:
+            raise DataError(f"pairs_per_row {pairs_per_row}: google-research/bert TFRecords are "
+                            "already paired and padded and cannot be packed; use pairs_per_row=1")
         ds = _records(files, seed, host_index, training=True).shuffle(shuffle_buffer, instance_seed)
         ds = ds.batch(batch_size, drop_remainder=True).map(
             _graph(lambda s: sources.parse_bert_records(s, seq_len, max_predictions)),
@@ -225,7 +252,8 @@ def make_pretraining_iterator(
                         "no documents (expected at least one); prepare again with fewer "
                         "--num_shards or more text")
     ds = _document_instances(files, seq_len=seq_len, nsp=nsp, short_seq_prob=short_seq_prob,
-                             seed=seed, host=host_index, training=True, doc_buffer=doc_buffer)
+                             seed=seed, host=host_index, training=True, doc_buffer=doc_buffer,
+                             pairs_per_row=pairs_per_row)
     ds = ds.shuffle(shuffle_buffer, seed=instance_seed).batch(batch_size, drop_remainder=True)
     features = _masker(seq_len, max_predictions, source.vocab_size, mask_rate,
                        source.word_starts() if whole_word else None,
