@@ -288,7 +288,8 @@ def workdir_model_config(workdir: str, saved_run_config: dict | None) -> model_l
 
 
 def load_workdir_params(workdir: str) -> tuple[Any, model_lib.BertConfig, int]:
-    """(params as numpy, model config, step) of a workdir's latest checkpoint."""
+    """(params as numpy, model config, step) of a workdir's latest checkpoint; a
+    scan_layers run's encoder comes back per layer (and its config says so)."""
     import orbax.checkpoint as ocp
 
     from bertjax import checkpoint as ckpt_lib
@@ -312,7 +313,11 @@ def load_workdir_params(workdir: str) -> tuple[Any, model_lib.BertConfig, int]:
         os.path.join(ckpt_dir, str(step), "state"),
         args=ocp.args.PyTreeRestore(target, restore_args=ocp.checkpoint_utils
                                     .construct_restore_args(target), partial_restore=True))
-    return jax.tree.map(np.asarray, restored["params"]), cfg, step
+    params = jax.tree.map(np.asarray, restored["params"])
+    if cfg.scan_layers:  # exports and imports name layers one by one
+        params["bert"] = jax.tree.map(np.asarray, model_lib.unstack_layers(params["bert"]))
+        cfg = dataclasses.replace(cfg, scan_layers=False)
+    return params, cfg, step
 
 
 def export_hf(workdir: str, output: str) -> tuple[model_lib.BertConfig, int, bool]:

@@ -26,6 +26,7 @@ from bertjax import checkpoint as ckpt_lib
 from bertjax import config as config_lib
 from bertjax import inputs
 from bertjax import multihost
+from bertjax import params_io
 from bertjax import report
 from bertjax import sharding
 from bertjax import train
@@ -83,29 +84,8 @@ def check_workdir(workdir: str, config: Any, allow_config_change: bool) -> ckpt_
     return ckpt
 
 
-def _check_shapes(state_dir: Any, params: Any, where: str) -> None:
-    """Refuses a checkpoint whose parameters differ in name or shape, naming the first one."""
-    import orbax.checkpoint as ocp
-
-    meta = ocp.PyTreeCheckpointer().metadata(state_dir)
-    saved = getattr(meta, "item_metadata", meta)["params"]
-    saved_flat = {jax.tree_util.keystr(k): v.shape
-                  for k, v in jax.tree_util.tree_flatten_with_path(saved)[0]}
-    for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
-        name = jax.tree_util.keystr(path)
-        got = saved_flat.get(name)
-        if got is None or tuple(got) != tuple(x.shape):
-            raise config_lib.ConfigError(
-                f"config.init_from={where}: parameter {name} is "
-                f"{'missing' if got is None else tuple(got)} there but {tuple(x.shape)} in this "
-                "model; use a checkpoint of the same model sizes and vocab_size (or set "
-                "config.model to match it)")
-
-
 def init_params_from(path: str, state: train.TrainState, shardings: Any) -> train.TrainState:
     """Replaces the parameters with those of another bertjax run (fresh optimizer and step)."""
-    import orbax.checkpoint as ocp
-
     p = epath.Path(path)
     if (p / "checkpoints").exists():
         p = p / "checkpoints"
@@ -115,14 +95,10 @@ def init_params_from(path: str, state: train.TrainState, shardings: Any) -> trai
             raise config_lib.ConfigError(f"config.init_from={path!r} holds no bertjax checkpoint; "
                                          "give a pre-training workdir or one of its step dirs")
         p = p / str(steps[-1])
-    _check_shapes(p / "state", state.params, str(p))
-    target = {"params": ckpt_lib.abstract_like(state.params, shardings.params)}
-    restore_args = ocp.checkpoint_utils.construct_restore_args(target)
-    restored = ocp.PyTreeCheckpointer().restore(
-        p / "state", args=ocp.args.PyTreeRestore(target, restore_args=restore_args,
-                                                 partial_restore=True))
+    # Either encoder layout (per layer or scan_layers) is read into this model's.
+    params = params_io.restore(p / "state", state.params, shardings.params, str(p))
     logging.info("initialised parameters from %s", p)
-    return state.replace(params=restored["params"])
+    return state.replace(params=params)
 
 
 def host_facts(config: Any) -> dict[str, Any]:

@@ -58,8 +58,9 @@ class BertConfig:
         when attention dropout is active and "xla" otherwise.
       scan_layers: run the encoder stack as one ``nn.scan`` over layers whose parameters are
         stacked on a leading "layers" axis (``stack_layers``/``unstack_layers`` convert): XLA
-        compiles one layer instead of num_layers copies. Off by default because checkpoints
-        and imports use the per-layer names ``layer_0`` ... .
+        compiles one layer instead of num_layers copies. Off by default: imports and exports
+        name layers one by one (``layer_0`` ...); checkpoints of either layout are read by
+        models of either (bertjax/params_io.py).
       remat: "none", "full" or "dots": rematerialise each encoder layer in the backward pass
         (see ``_REMAT``), trading recomputation for activation memory (bigger batches).
     """

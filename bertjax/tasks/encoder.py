@@ -26,9 +26,9 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from bertjax import checkpoint as ckpt_lib
 from bertjax import config as config_lib
 from bertjax import model as model_lib
+from bertjax import params_io
 from bertjax import sharding
 from bertjax import train
 from bertjax.tasks import features
@@ -61,10 +61,6 @@ def create_state(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh,
 def restore_encoder(path: str, state: train.TrainState, shardings: Any) -> train.TrainState:
     """Replaces the encoder ("bert") parameters with those of a bertjax workdir's latest step;
     the pre-training heads there (MLM, NSP) are not read, the classifier head stays fresh."""
-    import orbax.checkpoint as ocp
-
-    from bertjax import loop  # its shape check names the first mismatching tensor
-
     root = os.path.join(path, "checkpoints") if os.path.isdir(
         os.path.join(path, "checkpoints")) else path
     steps = sorted(int(s) for s in os.listdir(root) if s.isdigit()) if os.path.isdir(root) else []
@@ -73,16 +69,12 @@ def restore_encoder(path: str, state: train.TrainState, shardings: Any) -> train
     if not step_dir:
         raise config_lib.ConfigError(f"config.init_from={path!r} holds no bertjax checkpoint; "
                                      "give a pre-training workdir or an import")
-    encoder = {"bert": state.params["bert"]}
-    loop._check_shapes(os.path.abspath(os.path.join(step_dir, "state")), encoder, step_dir)
-    target = {"params": {"bert": ckpt_lib.abstract_like(encoder["bert"],
-                                                        shardings.params["bert"])}}
-    restored = ocp.PyTreeCheckpointer().restore(
-        os.path.abspath(os.path.join(step_dir, "state")),
-        args=ocp.args.PyTreeRestore(target, restore_args=ocp.checkpoint_utils
-                                    .construct_restore_args(target), partial_restore=True))
+    # Either encoder layout (per layer or scan_layers) is read into this model's.
+    restored = params_io.restore(os.path.abspath(os.path.join(step_dir, "state")),
+                                 {"bert": state.params["bert"]},
+                                 {"bert": shardings.params["bert"]}, step_dir)
     logging.info("encoder initialised from %s", step_dir)
-    return state.replace(params={**state.params, "bert": restored["params"]["bert"]})
+    return state.replace(params={**state.params, "bert": restored["bert"]})
 
 
 def model_config_for(config: Any) -> model_lib.BertConfig:
