@@ -1,7 +1,8 @@
 """Checkpoints of scan_layers runs and of per-layer runs are read by models of either layout.
 
-Two 2-step runs (tiny, synthetic data), one with the encoder scanned, one per layer. Their
-parameters, read raw from the checkpoints, are the reference: init_from (whole model, on a 2x2x2
+Two checkpoints of freshly initialised tiny models (step 2, as a run writes them), one with the
+encoder scanned, one per layer. Their parameters, read raw from the checkpoints, are the
+reference: init_from (whole model, on a 2x2x2
 mesh), the fine-tuning encoder restore, and the HF export must give exactly those numbers in
 every combination of layouts.
 """
@@ -11,6 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from bertjax import checkpoint as ckpt_lib
 from bertjax import config as config_lib
 from bertjax import convert
 from bertjax import convert_io
@@ -25,9 +27,7 @@ def _config(scan: bool):
     c = config_lib.base_config()
     c.model.vocab_size, c.model.scan_layers = 512, scan
     c.max_seq_length, c.max_predictions, c.global_batch_size = 32, 5, 16
-    c.total_steps = c.checkpoint_every = c.eval_every = 2
     c.optim.warmup_steps, c.data.source = 1, "synthetic"
-    c.progress_bar, c.async_checkpoints = False, False
     return c
 
 
@@ -37,7 +37,11 @@ def runs(tmp_path_factory):
     out = {}
     for scan in (True, False):
         workdir = str(tmp_path_factory.mktemp("layouts") / f"scan{scan}")
-        loop.run(_config(scan), workdir)
+        c = _config(scan)
+        state, _ = train.build(c, sharding.make_mesh(8, 1, 1))
+        ckpt = ckpt_lib.Checkpointer(f"{workdir}/checkpoints", every=1, async_save=False)
+        ckpt.save(2, state, c, force=True)
+        ckpt.close()
         raw = ocp.PyTreeCheckpointer().restore(f"{workdir}/checkpoints/2/state")["params"]
         raw = jax.tree.map(np.asarray, raw)
         if scan:
