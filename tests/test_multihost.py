@@ -8,6 +8,7 @@ draws each global batch and hands every process its rows, so both runs see the s
 """
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -106,8 +107,12 @@ def test_a_killed_process_stops_the_other_within_two_minutes(tmp_path):
     assert code != 0
     assert time.time() - t0 < 120
     log = open(tmp_path / "p0.log").read()
-    # the runtime names the lost task: "... unhealthy (stopped sending heartbeats):\n1"
-    assert "stopped sending heartbeats):\n1\n" in log, log[-3000:]
+    # Who notices first depends on where the kill lands: usually the coordination service,
+    # which names the lost task ("... unhealthy (stopped sending heartbeats):\n1"); when the
+    # kill cuts a collective mid-message, gloo's transport aborts on the broken stream first
+    # (seen once in CI, under load: "[enforce fail at .../gloo/transport/tcp/pair.cc ...").
+    assert ("stopped sending heartbeats):\n1\n" in log
+            or re.search(r"gloo/transport/tcp/pair\.cc:\d+\]", log)), log[-3000:]
 
 
 def test_sigterm_on_one_host_saves_the_same_step_on_all_and_exits_0(tmp_path):
