@@ -18,12 +18,10 @@ What is measured, in one process:
     else the compiled step's ``memory_analysis``.
 
 Timed steps of every participant (the matmul reference too) are interleaved round by round, so
-a slow drift of the machine (other jobs, clocks) hits all of them equally and ratios measured
-in one invocation stay meaningful on a noisy host.
+a drift of the machine hits all of them equally and ratios in one invocation stay meaningful.
 
-``--compare`` adds transformers' FlaxBertForPreTraining and its torch BertForPreTraining on the
-same geometry, batches and optimizer (see bertjax/bench_compare.py). This module imports
-neither torch nor TensorFlow: it must run on a GPU or TPU host that has only JAX.
+``--compare`` adds transformers' Flax and torch BertForPreTraining on the same geometry, batches
+and optimizer (bench_compare.py). No torch or TensorFlow here: it runs where only JAX is.
 """
 
 from __future__ import annotations
@@ -46,7 +44,7 @@ from bertjax import multihost
 from bertjax import sharding
 from bertjax import synthetic
 from bertjax import train
-from bertjax.bench_report import format_report, peak_memory, write_json  # noqa: F401 (bench.write_json)
+from bertjax.bench_report import format_report, peak_memory, write_json  # noqa: F401
 
 # Dense bf16 tensor-core peaks (no sparsity) from the vendors' datasheets, per chip, in
 # TFLOP/s. Matched as substrings of jax's device_kind, most specific first.
@@ -231,12 +229,10 @@ def apply_overrides(config: Any, *, preset: str | None = None, batch: int | None
                 "-1,1,1") from None
     if optimizer:
         config.optim.name = optimizer
-    if not 1 <= pairs_per_row <= config.max_seq_length // 8:
-        raise config_lib.ConfigError(
-            f"--pairs_per_row={pairs_per_row}; expected 1 (one sequence per row) up to "
-            f"{config.max_seq_length // 8} (packed rows of at least 8 tokens per sequence)")
-    # Synthetic rows are packed only when asked: the peers of --compare run one per row.
-    config.data.pairs_per_row = pairs_per_row
+    if not 1 <= pairs_per_row <= config.max_seq_length // 8:  # >= 8 tokens per sequence
+        raise config_lib.ConfigError(f"--pairs_per_row={pairs_per_row}; expected 1 (one sequence "
+                                     f"per row) to {config.max_seq_length // 8}")
+    config.data.pairs_per_row = pairs_per_row  # packed only when asked, unlike bert_tiny
     config.accum_steps = accum_steps
     # The schedule only needs to outlast the run; its values do not change the step's cost.
     config.total_steps = max(config.total_steps, steps)
@@ -473,8 +469,7 @@ def main() -> None:
                                              "LAMB, so --compare runs AdamW in every system")
             if f.compare and f.pairs_per_row > 1:
                 raise config_lib.ConfigError(f"--pairs_per_row={f.pairs_per_row} with --compare; "
-                                             "the peers run one sequence per row, so compare "
-                                             "with --pairs_per_row=1")
+                                             "the peers run one per row: use 1")
             apply_overrides(config, preset=f.preset, batch=f.batch, seq_len=f.seq_len,
                             max_predictions=f.max_predictions, dtype=f.dtype,
                             attention_impl=f.attention_impl, mesh=f.mesh, optimizer=optimizer,
