@@ -32,37 +32,21 @@ def _config(attention_impl):
 
 
 def _batches():
-    """(one pair per row [12, L], three pairs per row [4, L]) holding the same 12 pairs."""
+    """(one pair per row [12, L], three pairs per row [4, L]) holding the same 12 pairs.
+
+    synthetic.packed_batch packs the pairs that synthetic.batch draws from the same generator
+    state; its layout is checked on its own below.
+    """
     short = synthetic.batch(np.random.default_rng(3), PAIRS, SHORT, 3, 512, alphabet=40)
+    packed = synthetic.packed_batch(np.random.default_rng(3), PAIRS // PER_ROW, L, 3 * PER_ROW,
+                                    512, PER_ROW, alphabet=40)
     pad = lambda x: np.pad(x, [(0, 0), (0, L - SHORT)])  # noqa: E731
     single = {k: pad(v) if v.shape[1:] == (SHORT,) else v for k, v in short.items()}
-    rows = PAIRS // PER_ROW
-    packed = {k: np.zeros((rows, L), np.int32) for k in
-              ("input_ids", "input_mask", "segment_ids", "position_ids", "pack_ids")}
-    packed.update({k: np.zeros((rows, 3 * PER_ROW), t) for k, t in
-                   (("masked_lm_positions", np.int32), ("masked_lm_ids", np.int32),
-                    ("masked_lm_weights", np.float32))})
-    packed.update({k: np.zeros((rows, PER_ROW), t) for k, t in
-                   (("next_sentence_positions", np.int32), ("next_sentence_labels", np.int32),
-                    ("next_sentence_weights", np.float32))})
     where = {}  # (pair, position in its own row) -> (row, position in the packed row)
     for i in range(PAIRS):
         r, slot = divmod(i, PER_ROW)
-        n = int(short["input_mask"][i].sum())
-        start = int(packed["input_mask"][r].sum())
-        span = slice(start, start + n)
-        for key in ("input_ids", "input_mask", "segment_ids"):
-            packed[key][r, span] = short[key][i, :n]
-        packed["position_ids"][r, span] = np.arange(n)
-        packed["pack_ids"][r, span] = slot + 1
-        p = slice(3 * slot, 3 * slot + 3)
-        packed["masked_lm_positions"][r, p] = short["masked_lm_positions"][i] + start
-        packed["masked_lm_ids"][r, p] = short["masked_lm_ids"][i]
-        packed["masked_lm_weights"][r, p] = short["masked_lm_weights"][i]
-        packed["next_sentence_positions"][r, slot] = start
-        packed["next_sentence_labels"][r, slot] = short["next_sentence_labels"][i]
-        packed["next_sentence_weights"][r, slot] = 1.0
-        where.update({(i, t): (r, start + t) for t in range(n)})
+        start = int(packed["next_sentence_positions"][r, slot])
+        where.update({(i, t): (r, start + t) for t in range(int(short["input_mask"][i].sum()))})
     assert packed["input_mask"].sum() == single["input_mask"].sum()  # 4 rows instead of 12
     return single, packed, where
 
