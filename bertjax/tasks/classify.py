@@ -57,10 +57,16 @@ class SequenceClassifier(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids: jax.Array, input_mask: jax.Array, segment_ids: jax.Array,
-                 deterministic: bool = True) -> jax.Array:
-        """Returns float32 [B, num_outputs]: class logits, or the score for regression."""
-        _, pooled = model_lib.BertModel(self.cfg, name="bert")(
-            input_ids, input_mask, segment_ids, deterministic=deterministic)  # [B, D]
+                 deterministic: bool = True, position_ids: jax.Array | None = None,
+                 pack_ids: jax.Array | None = None,
+                 cls_positions: jax.Array | None = None) -> jax.Array:
+        """Returns float32 [B, num_outputs]: class logits, or the score for regression; for
+        packed rows (bertjax/tasks/packing.py) [B, M, num_outputs], one per example slot."""
+        bert = model_lib.BertModel(self.cfg, name="bert")
+        seq, pooled = bert(input_ids, input_mask, segment_ids, position_ids, deterministic,
+                           pack_ids)  # [B, L, D], [B, D]
+        if cls_positions is not None:  # each packed example's [CLS]
+            pooled = bert.pool(jnp.take_along_axis(seq, cls_positions[..., None], axis=1))
         pooled = nn.Dropout(self.head_dropout)(pooled, deterministic=deterministic)
         init = nn.initializers.truncated_normal(stddev=self.cfg.initializer_range)
         out = nn.Dense(self.num_outputs, dtype=self.cfg.compute_dtype,
@@ -144,10 +150,11 @@ def score(task: Task, outputs: np.ndarray, labels: np.ndarray) -> dict[str, floa
 def loss_stats(outputs: jax.Array, labels: jax.Array, mask: jax.Array,
                regression: bool) -> dict[str, jax.Array]:
     """(sum, count) statistics: cross-entropy (or squared error) summed over real examples,
-    and for classification the number of correct predictions (logged as accuracy)."""
+    and for classification the number of correct predictions (logged as accuracy). Outputs
+    [..., C] with labels and mask [...]: one example per row, or per packed slot."""
     mask = mask.astype(jnp.float32)
     if regression:
-        per = jnp.square(outputs[:, 0] - labels.astype(jnp.float32))  # [B]
+        per = jnp.square(outputs[..., 0] - labels.astype(jnp.float32))  # [B]
         return {"loss_sum": jnp.sum(per * mask), "count": jnp.sum(mask)}
     per = optax.softmax_cross_entropy_with_integer_labels(outputs, jnp.maximum(labels, 0))
     correct = (outputs.argmax(-1) == labels).astype(jnp.float32)
@@ -176,6 +183,7 @@ class ClassifyFamily:
     """Sequence classification / regression for the runner (bertjax.tasks.runner.Family)."""
 
     name = "classify"
+    packs = True  # takes packed rows (config.data.examples_per_row > 1; tasks/packing.py)
 
     def __init__(self):
         self.task: Task | None = None

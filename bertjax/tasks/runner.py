@@ -55,6 +55,7 @@ from bertjax import sharding
 from bertjax import train
 from bertjax.tasks import encoder
 from bertjax.tasks import features
+from bertjax.tasks import packing
 from bertjax.tasks.splits import (  # noqa: F401 (re-exported: families use runner.Split, ...)
     TFDS_PREFIX, Split, eval_batches, examples, host_rows, predict, sources, tfds_splits)
 
@@ -97,7 +98,8 @@ def train_step(state: train.TrainState, batch: Batch, fns: train.StepFns,
 
     def loss_fn(params):
         out = fns.model.apply({"params": params}, batch["input_ids"], batch["input_mask"],
-                              batch["segment_ids"], deterministic=False, rngs={"dropout": rng})
+                              batch["segment_ids"], deterministic=False, rngs={"dropout": rng},
+                              **_packed(batch))
         stats = loss_stats(out, batch)
         return stats["loss_sum"] / jnp.maximum(stats["count"], 1.0), stats
 
@@ -119,8 +121,13 @@ def train_step(state: train.TrainState, batch: Batch, fns: train.StepFns,
 def eval_step(params: Any, batch: Batch, fns: train.StepFns, loss_stats: LossStats) -> dict:
     """Per-row outputs (to gather) and the summed loss statistics of one batch."""
     out = fns.model.apply({"params": params}, batch["input_ids"], batch["input_mask"],
-                          batch["segment_ids"], deterministic=True)
+                          batch["segment_ids"], deterministic=True, **_packed(batch))
     return {"outputs": out, **loss_stats(out, batch)}
+
+
+def _packed(batch: Batch) -> dict:
+    """The packed-row inputs a batch holds (none unless config.data.examples_per_row > 1)."""
+    return {k: batch[k] for k in packing.PACKED_KEYS if k in batch}
 
 
 def _with_rules(fn: Callable, fns: train.StepFns, loss_stats: LossStats) -> Callable:
@@ -191,7 +198,7 @@ WINDOW_KEYS = ("doc_stride", "max_query_length")  # config.data keys that cut ro
 LATEST = "checkpoints_latest"  # the resumable state; "checkpoints" holds the best one
 RESUME_KEYS = ("task", "family", "init_from", "seed", "rng_impl", "global_batch_size",
                "max_seq_length", "total_steps", "optim.lr", "optim.warmup_steps", "data.train",
-               "data.tfds", "data.labels")
+               "data.tfds", "data.labels", "data.examples_per_row")
 
 
 def _saved_latest(workdir: str) -> dict | None:
@@ -279,6 +286,7 @@ def run(config: Any, workdir: str, family: Family, eval_only: bool = False,
     check_settings(config, eval_only)
     if hasattr(family, "prepare"):
         family.prepare(config)
+    slots = packing.check(config, getattr(family, "packs", False))  # examples per row
     paths = sources(config, eval_only)
     if not config.init_from and not config.tokenizer:
         raise config_lib.ConfigError("no tokenizer: set config.init_from (a workdir whose "
@@ -313,10 +321,25 @@ def run(config: Any, workdir: str, family: Family, eval_only: bool = False,
         raise config_lib.ConfigError(
             f"--workdir={workdir} holds an unfinished fine-tuning, but {diff}; resume with the "
             "same settings, or pass --overwrite to start again")
+    plan = None
+    if slots > 1 and trainset is not None:
+        split = sharding.batch_parallelism(mesh, tuple(tuple(r) for r in config.sharding.rules))
+        lens = packing.lengths(trainset.arrays)
+        rows = packing.rows_per_step(lens, config.global_batch_size, config.max_seq_length,
+                                     slots, math.lcm(split, jax.process_count()))
+        plan = packing.TrainPlan(lens, config.global_batch_size, rows, slots,
+                                 config.max_seq_length, config.seed)
     task_name = getattr(family, "task_name", "") or config.task
     say(f"task {task_name}: {0 if trainset is None else trainset.examples} train / "
         f"{evalsets['dev'].examples} dev examples, tokenizer {tok.source}, encoder "
         f"{'from ' + config.init_from if config.init_from else 'random init'}")
+    if plan is not None:
+        first = plan.epoch(0)
+        used = sum(len(r) for step in first for r in step)
+        say(f"packing: up to {slots} examples a row; a step's {config.global_batch_size} "
+            f"examples in {plan.rows} rows ({used / max(1, len(first)):.1f} on average, "
+            f"{packing.fill(plan.lens, [r for step in first for r in step], config.max_seq_length):.0%} "
+            "of their tokens real)")
 
     # 2. build
     pred_dir = os.path.join(workdir, "predictions")
@@ -348,13 +371,29 @@ def run(config: Any, workdir: str, family: Family, eval_only: bool = False,
     like["example_mask"] = np.zeros(config.global_batch_size, np.float32)
     eval_like = {k: np.zeros((config.eval_batch_size,) + v.shape[1:], v.dtype)
                  for k, v in like.items()}
+    targets_like = like
+    if slots > 1:  # packed rows: plan.rows a training step, eval_batch_size an evaluation one
+        like = packing.layout(plan.rows if plan else config.global_batch_size,
+                              config.max_seq_length, slots, dev.arrays)
+        eval_like = packing.layout(config.eval_batch_size, config.max_seq_length, slots,
+                                   dev.arrays)
     step_fn, eval_fn = jit_steps(fns, like, family.loss_stats)
     batch_sh = train.batch_shardings(fns, like)
     eval_sh = train.batch_shardings(fns, eval_like)
 
+    packed_splits: dict[int, tuple] = {}
+
     def outputs_of(params, split: Split):
-        return predict(eval_fn, params, _pad_keys(split.arrays, like), config.eval_batch_size,
-                       eval_sh)
+        arrays = _pad_keys(split.arrays, targets_like)
+        if slots == 1:
+            return predict(eval_fn, params, arrays, config.eval_batch_size, eval_sh)
+        if id(split) not in packed_splits:  # the whole split, longest first, packed once
+            rows, _ = packing.best_fit(packing.lengths(arrays), range(split.rows), slots,
+                                       config.max_seq_length)
+            packed_splits[id(split)] = packing.pack(arrays, rows, slots)
+        packed, index = packed_splits[id(split)]
+        outputs, stats = predict(eval_fn, params, packed, config.eval_batch_size, eval_sh)
+        return packing.unpack(outputs, index, split.rows), stats
 
     def evaluate(params, split: Split):
         outputs, stats = outputs_of(params, split)
@@ -386,6 +425,7 @@ def run(config: Any, workdir: str, family: Family, eval_only: bool = False,
         say(f"resuming from step {start} (best so far: step {best['step']})")
     elif config.init_from:
         state = encoder.restore_encoder(config.init_from, state, state_sh)
+    speed: dict[str, float] = {}
     if not eval_only:
         # 3. train: a fresh permutation each epoch, the same on every host; the order is a
         # function of (seed, step), so a resumed run sees what the uninterrupted one would have
@@ -393,15 +433,27 @@ def run(config: Any, workdir: str, family: Family, eval_only: bool = False,
         per_epoch = n // config.global_batch_size
         eval_every = config.eval_every or per_epoch
         pending = None
+        # training speed: from the end of the first step (compiled by then) to the end of the
+        # last, without the time evaluations and checkpoints take
+        clock = {"t0": None, "step0": start, "examples": 0, "paused": 0.0}
         for step in range(start, total_steps):
-            epoch, k = divmod(step, per_epoch)
-            order = np.random.default_rng([config.seed, epoch]).permutation(n)
-            rows = order[k * config.global_batch_size:(k + 1) * config.global_batch_size]
-            local = host_rows(trainset.arrays, rows)
-            local["example_mask"] = np.ones(len(local["input_ids"]), np.float32)
+            if plan is not None:  # this step's examples, packed into plan.rows rows
+                local = host_rows(plan.batch_arrays(trainset.arrays, step), np.arange(plan.rows))
+                taken = sum(len(r) for r in plan.step(step))
+            else:
+                epoch, k = divmod(step, per_epoch)
+                order = np.random.default_rng([config.seed, epoch]).permutation(n)
+                rows = order[k * config.global_batch_size:(k + 1) * config.global_batch_size]
+                local = host_rows(trainset.arrays, rows)
+                local["example_mask"] = np.ones(len(local["input_ids"]), np.float32)
+                taken = config.global_batch_size
             state, m = step_fn(state, multihost.global_batch(local, batch_sh))
+            if clock["t0"] is not None:
+                clock["examples"] += taken
             if pending is not None:  # step t is queued; reading t-1 does not stall the device
                 values = {k_: float(v) for k_, v in jax.device_get(pending[1]).items()}
+                if clock["t0"] is None:  # step pending[0] is done; this one is counted
+                    clock.update(t0=time.perf_counter(), step0=pending[0], examples=taken)
                 if values["bad_streak"] >= max(config.max_nonfinite_steps, 1):
                     raise config_lib.ConfigError(
                         f"{int(values['bad_streak'])} steps in a row up to step {pending[0]} had "
@@ -410,7 +462,10 @@ def run(config: Any, workdir: str, family: Family, eval_only: bool = False,
                     writer.write(pending[0], "train", values)
             pending = (step + 1, m)
             done = step + 1
+            paused = time.perf_counter()
             if done % eval_every == 0 or done == total_steps:
+                jax.block_until_ready(state.params)  # the step's time is not the evaluation's
+                paused = time.perf_counter()
                 outputs, result = evaluate(state.params, dev)
                 say(f"step {done}/{total_steps}: dev " + ", ".join(
                     f"{k_}={v:.4f}" for k_, v in result.items()
@@ -427,13 +482,23 @@ def run(config: Any, workdir: str, family: Family, eval_only: bool = False,
                         _json(best_path, best)
             if done % max(config.checkpoint_every, 1) == 0 and done < total_steps:
                 latest.save(done, state, config, force=True)
+            clock["paused"] += time.perf_counter() - paused
         ckpt.wait()
+        if clock["t0"] is not None and total_steps > clock["step0"]:
+            seconds = max(time.perf_counter() - clock["t0"] - clock["paused"], 1e-9)
+            speed = {"train_steps_per_second": (total_steps - clock["step0"]) / seconds,
+                     "train_examples_per_second": clock["examples"] / seconds}
+            say(f"training: {speed['train_steps_per_second']:.2f} steps/s, "
+                f"{speed['train_examples_per_second']:.1f} examples/s")
         if best["step"] is not None and best["step"] != total_steps:
             abstract = ckpt_lib.abstract_like(state, state_sh)
             del state
             state, _ = ckpt.restore(abstract)
     # 4. report: the kept (best) checkpoint on the dev sets, and on test when given
     summary: dict[str, Any] = {"task": task_name, "family": family.name}
+    summary.update(speed)
+    if plan is not None:
+        summary["rows_per_step"] = plan.rows
     for name, split in evalsets.items():
         outputs, summary[name] = evaluate(state.params, split)
         if chief:

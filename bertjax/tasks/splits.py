@@ -127,14 +127,19 @@ def eval_batches(data: dict[str, np.ndarray], global_batch: int):
     """Yields this host's rows of each padded global eval batch, with example_mask.
 
     The set is padded up to a whole number of global batches with copies of row 0 whose mask
-    is 0, so every host runs ceil(N / global_batch) steps and each row appears once.
+    is 0, so every host runs ceil(N / global_batch) steps and each row appears once. Packed
+    rows (bertjax/tasks/packing.py) bring their own example_mask per slot; padding zeroes it.
     """
     n = len(data["input_ids"])
     steps = max(1, math.ceil(n / global_batch))
     padded = {k: np.concatenate([v, np.repeat(v[:1], steps * global_batch - n, axis=0)])
               if n else np.zeros((steps * global_batch,) + v.shape[1:], v.dtype)
               for k, v in data.items()}
-    padded["example_mask"] = (np.arange(steps * global_batch) < n).astype(np.float32)
+    real = (np.arange(steps * global_batch) < n).astype(np.float32)
+    if "example_mask" in data:  # packed rows: a mask per example slot [N, M]
+        padded["example_mask"] = padded["example_mask"] * real[:, None]
+    else:
+        padded["example_mask"] = real
     for s in range(steps):
         yield host_rows(padded, np.arange(s * global_batch, (s + 1) * global_batch))
 
