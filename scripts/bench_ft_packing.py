@@ -67,10 +67,10 @@ def main() -> int:
     encoder = args.preset + " from scratch" if args.preset else f"from {args.init_from}"
     print(f"\n{args.steps} steps, batch {args.batch} examples, rows of {args.seq_len} tokens, "
           f"demo task, encoder {encoder}")
-    print(f"{'per row':>7} {'rows/step':>9} {'steps/s':>8} {'examples/s':>10} "
+    print(f"{'per row':>7} {'rows/step':>9} {'s/step':>8} {'examples/s':>10} "
           f"{'dev acc':>8} {'wall s':>7}")
     for m, r in runs:
-        print(f"{'<=' + str(m):>7} {r.get('rows_per_step', args.batch):>9} {r['train_steps_per_second']:8.2f} "
+        print(f"{'<=' + str(m):>7} {r.get('rows_per_step', args.batch):>9} {1 / r['train_steps_per_second']:8.3f} "
               f"{r['train_examples_per_second']:10.1f} {r['dev']['accuracy']:8.4f} "
               f"{r['seconds']:7.0f}")
     (_, a), (_, b) = runs

@@ -183,7 +183,7 @@ class ClassifyFamily:
     """Sequence classification / regression for the runner (bertjax.tasks.runner.Family)."""
 
     name = "classify"
-    packs = True  # takes packed rows (config.data.examples_per_row > 1; tasks/packing.py)
+    packs = "examples"  # packed rows (config.data.examples_per_row > 1; tasks/packing.py)
 
     def __init__(self):
         self.task: Task | None = None

@@ -5,7 +5,8 @@ spends most of the encoder on padding. Packed, a row holds up to M examples back
 with its own [CLS] ... [SEP]; ``position_ids`` restart at 0 for each, ``pack_ids`` (1..M, 0 on
 padding) confine attention to the example (bertjax.model.attention_mask) and ``cls_positions``
 [R, M] point the classifier at each example's [CLS]. Per-example targets move to [R, M] slots,
-with ``example_mask`` [R, M] saying which slots hold one. The outputs are those of the
+with ``example_mask`` [R, M] saying which slots hold one; per-token targets (token tagging's
+labels) move with their tokens and are -1 (ignored) elsewhere. The outputs are those of the
 examples alone, up to float rounding (tests/tasks/test_ft_packing.py).
 
 Training keeps the recipe of one example per row: a step still takes ``global_batch_size``
@@ -44,7 +45,7 @@ def check(config: Any, packs: bool) -> int:
     """``config.data.examples_per_row`` (M), checked before anything is read or compiled.
 
     Args:
-      packs: whether the family can take packed rows (sentence classification / regression).
+      packs: whether the family can take packed rows (classification, regression, tagging).
 
     Raises:
       ConfigError: M < 1, more examples than fit a row (3 tokens each at least), or M > 1 for
@@ -58,8 +59,8 @@ def check(config: Any, packs: bool) -> int:
             f"{most} (rows of {config.max_seq_length} tokens, at least 3 per example)")
     if m > 1 and not packs:
         raise config_lib.ConfigError(
-            f"config.data.examples_per_row={m} packs sentence classification / regression rows; "
-            "token tagging and span QA take one example per row: set "
+            f"config.data.examples_per_row={m} packs sentence and token classification rows; "
+            "span QA (whose windows fill their rows) takes one example per row: set "
             "--config.data.examples_per_row=1")
     return m
 
@@ -108,7 +109,8 @@ def best_fit(lens: np.ndarray, items: Sequence[int], slots: int, seq_len: int,
 
 
 def pack(arrays: dict[str, np.ndarray], rows: list[list[int]], slots: int,
-         num_rows: int | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+         num_rows: int | None = None,
+         token_keys: Sequence[str] = ()) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Packed arrays of the examples that ``rows`` places (see the module docstring).
 
     Args:
@@ -117,10 +119,11 @@ def pack(arrays: dict[str, np.ndarray], rows: list[list[int]], slots: int,
       rows: example indices per packed row.
       slots: M, the slot dimension of the per-example arrays.
       num_rows: pads with empty rows up to this many (default len(rows)).
+      token_keys: the targets that are per token ([N, L, ...]; -1 outside the examples).
 
     Returns:
-      (batch, index): the packed inputs, targets [R, M, ...] and example_mask [R, M], and
-      index [R, M] the example in each slot (-1 for an empty one).
+      (batch, index): the packed inputs, targets [R, M, ...] (per-token ones [R, L, ...]) and
+      example_mask [R, M], and index [R, M] the example in each slot (-1 for an empty one).
     """
     r_total = num_rows or len(rows)
     seq_len = arrays["input_ids"].shape[1]
@@ -130,15 +133,18 @@ def pack(arrays: dict[str, np.ndarray], rows: list[list[int]], slots: int,
     out["pack_ids"] = np.zeros((r_total, seq_len), np.int32)
     out["cls_positions"] = np.zeros((r_total, slots), np.int32)
     out["example_mask"] = np.zeros((r_total, slots), np.float32)
-    targets = [k for k in arrays if k not in FEATURE_KEYS and k != "example_mask"]
+    targets = [k for k in arrays if k not in FEATURE_KEYS and k != "example_mask"
+               and k not in token_keys]
     for k in targets:
         out[k] = np.zeros((r_total, slots) + arrays[k].shape[1:], arrays[k].dtype)
+    for k in token_keys:
+        out[k] = np.full((r_total,) + arrays[k].shape[1:], -1, arrays[k].dtype)
     index = np.full((r_total, slots), -1, np.int64)
     for r, members in enumerate(rows):
         start = 0
         for s, i in enumerate(members):
             n = int(lens[i])
-            for k in FEATURE_KEYS:
+            for k in (*FEATURE_KEYS, *token_keys):
                 out[k][r, start:start + n] = arrays[k][i, :n]
             out["position_ids"][r, start:start + n] = np.arange(n)
             out["pack_ids"][r, start:start + n] = s + 1
@@ -156,6 +162,18 @@ def unpack(outputs: np.ndarray, index: np.ndarray, num_examples: int) -> np.ndar
     filled = index >= 0
     out = np.zeros((num_examples,) + outputs.shape[2:], outputs.dtype)
     out[index[filled]] = outputs[:len(index)][filled]
+    return out
+
+
+def unpack_tokens(outputs: np.ndarray, batch: dict[str, np.ndarray], index: np.ndarray,
+                  num_examples: int) -> np.ndarray:
+    """Per-token outputs of packed rows [R, L, ...] back to the examples' rows [N, L, ...]:
+    each example's tokens from position 0, zeros after them."""
+    out = np.zeros((num_examples,) + outputs.shape[1:], outputs.dtype)
+    for r, s in zip(*np.nonzero(index >= 0)):
+        start = batch["cls_positions"][r, s]
+        n = int((batch["pack_ids"][r] == s + 1).sum())
+        out[index[r, s], :n] = outputs[r, start:start + n]
     return out
 
 
@@ -178,9 +196,9 @@ class TrainPlan:
     """
 
     def __init__(self, lens: np.ndarray, batch: int, rows: int, slots: int, seq_len: int,
-                 seed: int):
+                 seed: int, token_keys: Sequence[str] = ()):
         self.lens, self.batch, self.rows, self.slots = lens, batch, rows, slots
-        self.seq_len, self.seed = seq_len, seed
+        self.seq_len, self.seed, self.token_keys = seq_len, seed, tuple(token_keys)
         self._counts: list[int] = []  # steps of each epoch planned so far
         self._current: tuple[int, list[list[list[int]]]] | None = None
 
@@ -214,13 +232,13 @@ class TrainPlan:
 
     def batch_arrays(self, arrays: dict[str, np.ndarray], s: int) -> dict[str, np.ndarray]:
         """The packed global batch of step ``s`` (``self.rows`` rows)."""
-        return pack(arrays, self.step(s), self.slots, self.rows)[0]
+        return pack(arrays, self.step(s), self.slots, self.rows, self.token_keys)[0]
 
 
-def layout(num_rows: int, seq_len: int, slots: int,
-           arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Zeros shaped like a packed batch of ``num_rows`` rows of ``arrays``' kind (for jit)."""
-    return pack({k: v[:0] for k, v in arrays.items()}, [], slots, num_rows)[0]
+def layout(num_rows: int, slots: int, arrays: dict[str, np.ndarray],
+           token_keys: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """An empty packed batch of ``num_rows`` rows of ``arrays``' kind (shapes for jit)."""
+    return pack({k: v[:0] for k, v in arrays.items()}, [], slots, num_rows, token_keys)[0]
 
 
 def fill(lens: np.ndarray, rows: list[list[int]], seq_len: int) -> float:

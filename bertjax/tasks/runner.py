@@ -64,7 +64,10 @@ Batch = dict[str, jax.Array]
 
 class Family(Protocol):
     """What a task family provides. Optional: ``prepare(config)``, called once the config is
-    final (after eval_only took the workdir's), before any other method."""
+    final (after eval_only took the workdir's), before any other method; ``packs``, for a
+    family whose model takes packed rows (bertjax/tasks/packing.py): "examples" when its
+    outputs are per example ([R, M, ...] packed), "tokens" when per token ([R, L, ...]), with
+    ``token_keys`` naming its per-token targets."""
 
     name: str
     metric_names: tuple[str, ...]  # first = headline (best checkpoint), higher is better
@@ -286,7 +289,8 @@ def run(config: Any, workdir: str, family: Family, eval_only: bool = False,
     check_settings(config, eval_only)
     if hasattr(family, "prepare"):
         family.prepare(config)
-    slots = packing.check(config, getattr(family, "packs", False))  # examples per row
+    slots = packing.check(config, bool(getattr(family, "packs", "")))  # examples per row
+    token_keys = tuple(getattr(family, "token_keys", ()))
     paths = sources(config, eval_only)
     if not config.init_from and not config.tokenizer:
         raise config_lib.ConfigError("no tokenizer: set config.init_from (a workdir whose "
@@ -328,7 +332,7 @@ def run(config: Any, workdir: str, family: Family, eval_only: bool = False,
         rows = packing.rows_per_step(lens, config.global_batch_size, config.max_seq_length,
                                      slots, math.lcm(split, jax.process_count()))
         plan = packing.TrainPlan(lens, config.global_batch_size, rows, slots,
-                                 config.max_seq_length, config.seed)
+                                 config.max_seq_length, config.seed, token_keys)
     task_name = getattr(family, "task_name", "") or config.task
     say(f"task {task_name}: {0 if trainset is None else trainset.examples} train / "
         f"{evalsets['dev'].examples} dev examples, tokenizer {tok.source}, encoder "
@@ -373,10 +377,9 @@ def run(config: Any, workdir: str, family: Family, eval_only: bool = False,
                  for k, v in like.items()}
     targets_like = like
     if slots > 1:  # packed rows: plan.rows a training step, eval_batch_size an evaluation one
-        like = packing.layout(plan.rows if plan else config.global_batch_size,
-                              config.max_seq_length, slots, dev.arrays)
-        eval_like = packing.layout(config.eval_batch_size, config.max_seq_length, slots,
-                                   dev.arrays)
+        like = packing.layout(plan.rows if plan else config.global_batch_size, slots,
+                              dev.arrays, token_keys)
+        eval_like = packing.layout(config.eval_batch_size, slots, dev.arrays, token_keys)
     step_fn, eval_fn = jit_steps(fns, like, family.loss_stats)
     batch_sh = train.batch_shardings(fns, like)
     eval_sh = train.batch_shardings(fns, eval_like)
@@ -390,9 +393,11 @@ def run(config: Any, workdir: str, family: Family, eval_only: bool = False,
         if id(split) not in packed_splits:  # the whole split, longest first, packed once
             rows, _ = packing.best_fit(packing.lengths(arrays), range(split.rows), slots,
                                        config.max_seq_length)
-            packed_splits[id(split)] = packing.pack(arrays, rows, slots)
+            packed_splits[id(split)] = packing.pack(arrays, rows, slots, None, token_keys)
         packed, index = packed_splits[id(split)]
         outputs, stats = predict(eval_fn, params, packed, config.eval_batch_size, eval_sh)
+        if family.packs == "tokens":
+            return packing.unpack_tokens(outputs, packed, index, split.rows), stats
         return packing.unpack(outputs, index, split.rows), stats
 
     def evaluate(params, split: Split):

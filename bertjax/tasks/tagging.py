@@ -62,10 +62,15 @@ class TokenTagger(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids: jax.Array, input_mask: jax.Array, segment_ids: jax.Array,
-                 deterministic: bool = True) -> jax.Array:
-        """Returns float32 [B, L, num_labels] tag logits."""
+                 deterministic: bool = True, position_ids: jax.Array | None = None,
+                 pack_ids: jax.Array | None = None,
+                 cls_positions: jax.Array | None = None) -> jax.Array:
+        """Returns float32 [B, L, num_labels] tag logits (packed rows, bertjax/tasks/packing.py:
+        positions and pack ids given; tokens keep their places, so cls_positions is unused)."""
+        del cls_positions
         x, _ = model_lib.BertModel(self.cfg, name="bert")(
-            input_ids, input_mask, segment_ids, deterministic=deterministic)  # [B, L, D]
+            input_ids, input_mask, segment_ids, position_ids, deterministic,
+            pack_ids)  # [B, L, D]
         x = nn.Dropout(self.head_dropout)(x, deterministic=deterministic)
         init = nn.initializers.truncated_normal(stddev=self.cfg.initializer_range)
         out = nn.Dense(self.num_labels, dtype=self.cfg.compute_dtype,
@@ -182,6 +187,8 @@ class TaggingFamily:
 
     name = "ner"
     metric_names = ("f1", "precision", "recall", "accuracy")
+    packs = "tokens"  # packed rows (config.data.examples_per_row > 1; tasks/packing.py)
+    token_keys = ("labels",)
 
     def __init__(self):
         self.labels: tuple[str, ...] = ()
@@ -259,7 +266,13 @@ class TaggingFamily:
 
     def loss_stats(self, outputs: jax.Array, batch: dict) -> dict[str, jax.Array]:
         labels = batch["labels"]  # [B, L], -1 where no word starts
-        valid = (labels >= 0).astype(jnp.float32) * batch["example_mask"][:, None]
+        mask = batch["example_mask"]
+        if "pack_ids" in batch:  # packed rows: a token takes its example slot's mask [B, M]
+            slot = jnp.maximum(batch["pack_ids"] - 1, 0)
+            mask = jnp.take_along_axis(mask, slot, axis=1) * (batch["pack_ids"] > 0)
+        else:
+            mask = mask[:, None]
+        valid = (labels >= 0).astype(jnp.float32) * mask
         per = optax.softmax_cross_entropy_with_integer_labels(outputs, jnp.maximum(labels, 0))
         correct = (outputs.argmax(-1) == labels).astype(jnp.float32)
         return {"loss_sum": jnp.sum(per * valid), "accuracy": jnp.sum(correct * valid),
