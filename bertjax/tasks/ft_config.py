@@ -33,7 +33,7 @@ def finetune_config(task: str) -> ml_collections.ConfigDict:
     c.data.labels = ""  # custom classification: comma-separated, in class-id order
     c.data.regression = False
     c.data.format = ""  # csv | tsv | jsonl; "" = from the file extension
-    c.data.examples_per_row = 1  # >1: short examples share rows (classification/regression)
+    c.data.examples_per_row = 1  # >1: short examples share rows (tasks/packing.py; not QA)
     c.data.demo_train = 0  # demo: examples per split (0: the demo's defaults)
     c.data.demo_dev = 0
     c.tokenizer = ""  # "": the checkpoint's; or a sentencepiece .model / a dir with vocab.txt
