@@ -70,7 +70,8 @@ def main() -> int:
     print(f"{'per row':>7} {'rows/step':>9} {'s/step':>8} {'examples/s':>10} "
           f"{'dev acc':>8} {'wall s':>7}")
     for m, r in runs:
-        print(f"{'<=' + str(m):>7} {r.get('rows_per_step', args.batch):>9} {1 / r['train_steps_per_second']:8.3f} "
+        rows = r.get("rows_per_step", args.batch)
+        print(f"{'<=' + str(m):>7} {rows:>9} {1 / r['train_steps_per_second']:8.3f} "
               f"{r['train_examples_per_second']:10.1f} {r['dev']['accuracy']:8.4f} "
               f"{r['seconds']:7.0f}")
     (_, a), (_, b) = runs

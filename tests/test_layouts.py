@@ -21,6 +21,7 @@ from bertjax import model as model_lib
 from bertjax import sharding
 from bertjax import train
 from bertjax.tasks import encoder
+from bertjax.tasks.ft_config import finetune_config
 
 
 def _config(scan: bool):
@@ -88,3 +89,25 @@ def test_hf_export_of_a_scanned_run(runs, tmp_path):
     assert set(tensors) >= set(expected)
     for name, value in expected.items():
         np.testing.assert_array_equal(tensors[name], value, err_msg=name)
+
+
+def test_fine_tuning_init_from_one_step_of_a_run(tmp_path):
+    """init_from=WORKDIR/checkpoints/N: that step's encoder and config, not the newest's."""
+    workdir = str(tmp_path / "run")
+    c = _config(False)
+    ckpt = ckpt_lib.Checkpointer(f"{workdir}/checkpoints", every=1, async_save=False)
+    for step, seed in ((2, 0), (4, 1)):
+        c.seed = seed
+        state, _ = train.build(c, sharding.make_mesh(8, 1, 1))
+        ckpt.save(step, state, c, force=True)
+    ckpt.close()
+    step2 = f"{workdir}/checkpoints/2"
+    raw = jax.tree.map(np.asarray, ocp.PyTreeCheckpointer().restore(f"{step2}/state")["params"])
+    ft = finetune_config("custom")
+    ft.init_from = step2
+    assert encoder.model_config_for(ft).vocab_size == 512  # the run's sizes, read from step 2
+    state, fns = train.build(_config(False), sharding.make_mesh(2, 2, 2))
+    restored = encoder.restore_encoder(step2, state, fns.state_shardings).params
+    _equal(_per_layer(restored)["bert"], raw["bert"])
+    newest = encoder.restore_encoder(workdir, state, fns.state_shardings).params
+    assert not np.array_equal(newest["bert"]["pooler"]["kernel"], raw["bert"]["pooler"]["kernel"])

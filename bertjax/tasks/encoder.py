@@ -68,7 +68,8 @@ def restore_encoder(path: str, state: train.TrainState, shardings: Any) -> train
         os.path.join(root, str(steps[-1])) if steps else "")
     if not step_dir:
         raise config_lib.ConfigError(f"config.init_from={path!r} holds no bertjax checkpoint; "
-                                     "give a pre-training workdir or an import")
+                                     "give a pre-training workdir (or one of its "
+                                     "checkpoints/N) or an import")
     # Either encoder layout (per layer or scan_layers) is read into this model's.
     restored = params_io.restore(os.path.abspath(os.path.join(step_dir, "state")),
                                  {"bert": state.params["bert"]},
@@ -92,7 +93,8 @@ def model_config_for(config: Any) -> model_lib.BertConfig:
             if saved is None:
                 raise config_lib.ConfigError(
                     f"config.init_from={config.init_from!r} holds no checkpoint with a saved "
-                    "config; give a pre-training workdir or an import")
+                    "config; give a pre-training workdir (or one of its checkpoints/N) or an "
+                    "import")
             # Over today's defaults: runs saved before a model key existed lack it.
             full = config_lib.base_config()
             full.model.update(saved.get("model", {}))

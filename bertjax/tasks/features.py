@@ -95,8 +95,13 @@ def latest_saved_config(workdir: str, subdir: str = "checkpoints") -> dict | Non
     """The run config saved with the newest checkpoint step of a bertjax workdir (or None).
 
     Read as the JSON file orbax wrote, without opening a CheckpointManager: this runs before
-    JAX is set up and must not create anything in someone else's workdir.
+    JAX is set up and must not create anything in someone else's workdir. ``workdir`` may also
+    be one step directory (WORKDIR/checkpoints/N): then that step's config.
     """
+    direct = os.path.join(workdir, "config", "metadata")
+    if os.path.exists(direct):
+        with open(direct) as f:
+            return json.load(f)
     root = os.path.join(workdir, subdir)
     steps = sorted((int(s) for s in os.listdir(root) if s.isdigit()), reverse=True) \
         if os.path.isdir(root) else []

@@ -2,8 +2,8 @@
 
 It starts from the pre-training ``base_config`` (mesh, sharding rules, model, optimizer keys mean
 the same thing) and replaces ``data`` with the task's files and columns. The encoder's sizes come
-from ``init_from`` (a pre-training workdir or an import); ``config.model`` matters only for a
-run from scratch.
+from ``init_from`` (a pre-training workdir, one of its steps WORKDIR/checkpoints/N, or an
+import); ``config.model`` matters only for a run from scratch.
 """
 
 from __future__ import annotations

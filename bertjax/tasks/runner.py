@@ -217,7 +217,8 @@ def check_settings(config: Any, eval_only: bool = False) -> None:
     """
     if not eval_only and config.init_from and not os.path.isdir(config.init_from):
         raise config_lib.ConfigError(f"config.init_from={config.init_from!r} does not exist; "
-                                     "give a pre-training workdir or an import")
+                                     "give a pre-training workdir (or one of its "
+                                     "checkpoints/N) or an import")
     config_lib.check_rng_impl(config)
 
 
@@ -340,10 +341,11 @@ def run(config: Any, workdir: str, family: Family, eval_only: bool = False,
     if plan is not None:
         first = plan.epoch(0)
         used = sum(len(r) for step in first for r in step)
+        fill = packing.fill(plan.lens, [r for step in first for r in step],
+                            config.max_seq_length)
         say(f"packing: up to {slots} examples a row; a step's {config.global_batch_size} "
             f"examples in {plan.rows} rows ({used / max(1, len(first)):.1f} on average, "
-            f"{packing.fill(plan.lens, [r for step in first for r in step], config.max_seq_length):.0%} "
-            "of their tokens real)")
+            f"{fill:.0%} of their tokens real)")
 
     # 2. build
     pred_dir = os.path.join(workdir, "predictions")
