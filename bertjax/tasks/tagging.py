@@ -13,7 +13,8 @@
              original files), which is rewritten as IOB2 when read: the entities are the same
              and every entity then starts with B-, so the model learns one start tag;
   * metrics  entity-level micro precision/recall/F1 with conlleval / seqeval (default mode)
-             semantics (ner.entity_scores; headline "f1"), per-type scores, word accuracy;
+             semantics (ner.entity_scores; headline "f1"), per-type scores, word accuracy,
+             and strict_f1 / strict_precision / strict_recall (seqeval's strict mode);
   * output   predictions/<split>.conll: "word gold predicted" per line (conlleval's input).
 
 Long sentences are split, not truncated: a sentence whose pieces do not fit in
@@ -298,11 +299,15 @@ class TaggingFamily:
         gold = [s["tags"] for s in split.meta["sentences"]]
         pred = self.predicted_tags(outputs, split)
         result = ner.entity_scores(gold, pred)
+        # seqeval's strict mode beside it: only well-formed chunks of the scheme count (IOB1
+        # was read as IOB2), so a prediction starting an entity with I- is not one
+        strict = ner.entity_scores(gold, pred, "IOBES" if self.scheme == "IOBES" else "IOB2")
         words = sum(len(g) for g in gold)
         right = sum(a == b for g, p in zip(gold, pred) for a, b in zip(g, p))
         return {"f1": result["f1"], "precision": result["precision"],
                 "recall": result["recall"], "accuracy": right / max(words, 1),
-                "per_type": result["per_type"]}
+                "strict_f1": strict["f1"], "strict_precision": strict["precision"],
+                "strict_recall": strict["recall"], "per_type": result["per_type"]}
 
     def write_predictions(self, directory: str, name: str, outputs: np.ndarray,
                           split: runner.Split) -> None:

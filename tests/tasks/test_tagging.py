@@ -208,3 +208,26 @@ def test_bad_tag_is_one_line_exit_2_nothing_written(imported, tmp_path):
     assert lines[-1].startswith("error: ") and not any("Traceback" in l for l in lines)
     assert "bad_tag.conll:11" in lines[-1] and "'LOC-B'" in lines[-1], lines[-1]
     assert not workdir.exists()
+
+
+def test_strict_scores_drop_entities_that_start_with_i():
+    """Gold tags predicted with every B- written as I-: conlleval rules still read the same
+    entities (f1 1), seqeval's strict mode reads none (strict_f1 0)."""
+    family = tagging.TaggingFamily()
+    c = ner_config.get_config()
+    c.data.dev, c.max_seq_length = os.path.join(FILES, "dev.conll"), 16
+    family.prepare(c)
+    family.labels = LABELS
+    split = family.read(c, features.WordPieceAdapter(VOCAB_DIR), c.data.dev, True)
+    ids = {t: i for i, t in enumerate(LABELS)}
+    as_i = np.array([ids["I-" + t[2:]] if t.startswith("B-") else ids[t] for t in LABELS])
+    labels = split.arrays["labels"]
+    outputs = np.zeros(labels.shape + (len(LABELS),), np.float32)
+    rows, cols = np.nonzero(labels >= 0)
+    outputs[rows, cols, as_i[labels[rows, cols]]] = 1.0
+    scores = family.score(outputs, split)
+    assert scores["f1"] == 1.0 and scores["accuracy"] < 1.0
+    assert scores["strict_f1"] == 0.0 and scores["strict_recall"] == 0.0
+    exact = np.zeros_like(outputs)
+    exact[rows, cols, labels[rows, cols]] = 1.0
+    assert family.score(exact, split)["strict_f1"] == 1.0
