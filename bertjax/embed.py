@@ -35,6 +35,9 @@ _BATCH = flags.DEFINE_integer("batch_size", 64, "Sentences per global batch (a m
 _TOKENIZER = flags.DEFINE_string("tokenizer", "", "A sentencepiece .model or a dir with "
                                  "vocab.txt, instead of the workdir's own tokenizer.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+_PACK = flags.DEFINE_integer("examples_per_row", 1, "Up to this many sentences share a row "
+                             "(attention kept within each; the same embeddings up to float "
+                             "rounding, several times faster for short sentences).")
 _DEBUG = cli.define_debug_flag()
 
 
@@ -46,7 +49,7 @@ def main(argv):
     settings = embedding.Settings(
         init_from=_INIT_FROM.value, pooling=_POOLING.value, normalize=_NORMALIZE.value,
         max_seq_length=_MAX_LEN.value, batch_size=_BATCH.value, tokenizer=_TOKENIZER.value,
-        dtype=_DTYPE.value)
+        dtype=_DTYPE.value, examples_per_row=_PACK.value)
     with cli.input_errors(_DEBUG.value):
         multihost.initialize()  # several processes: BERTJAX_* variables (launch/local.py)
         embedding.run(settings, _INPUT.value, _PAIRS.value, _OUTPUT.value)

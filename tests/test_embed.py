@@ -124,6 +124,35 @@ def test_one_device_equals_eight_each_sentence_once(plan, on_8):
     np.testing.assert_array_equal(on_1, on_8)
 
 
+def test_packed_rows_give_each_sentence_its_own_embedding(minilm, on_8):
+    """Up to 4 sentences a row (bertjax/tasks/packing.py): the embeddings of one per row."""
+    packed_plan = embedding.check(embedding.Settings(minilm, "mean", False, MAX_LEN,
+                                                     batch_size=8, examples_per_row=4))
+    embedder = embedding.Embedder(packed_plan)
+    used = sum(int((b["pack_ids"].max(1) > 0).sum()) for b, _ in embedder._packed_batches(
+        SENTENCES))
+    assert used <= len(SENTENCES) // 2  # rows that hold sentences: at least two each
+    packed = embedder.embed(SENTENCES)
+    diff = float(np.abs(packed - on_8).max())
+    print(f"packed vs one sentence per row: max abs diff {diff:.2e}")
+    assert packed.shape == on_8.shape and diff < 1e-5
+
+
+def test_pool_packed_pools_each_slot_like_its_sequence_alone():
+    rng = np.random.default_rng(1)
+    seq = rng.normal(size=(2, 8, 4)).astype(np.float32)
+    pack_ids = np.array([[1, 1, 1, 2, 2, 0, 0, 0], [1, 1, 1, 1, 1, 1, 2, 2]], np.int32)
+    cls_positions = np.array([[0, 3], [0, 6]], np.int32)
+    for pooling in ("mean", "cls"):
+        got = np.asarray(embedding.pool_packed(jnp.asarray(seq), jnp.asarray(pack_ids),
+                                               jnp.asarray(cls_positions), pooling, True))
+        for b, s in ((0, 1), (0, 2), (1, 1), (1, 2)):
+            alone = seq[b][pack_ids[b] == s][None]  # [1, n, D]: the slot's tokens, unpadded
+            want = np.asarray(embedding.pool(jnp.asarray(alone),
+                                             jnp.ones(alone.shape[:2], jnp.int32), pooling, True))
+            np.testing.assert_allclose(got[b, s - 1], want[0], rtol=1e-5, atol=1e-6)
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
     return subprocess.run([sys.executable, "-m", "bertjax.embed", *args], cwd=ROOT, env=env,

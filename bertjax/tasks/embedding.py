@@ -45,8 +45,10 @@ from bertjax.data.errors import DataError
 from bertjax.tasks import encoder
 from bertjax.tasks import features
 from bertjax.tasks import metrics as metrics_lib
+from bertjax.tasks import packing
 
 POOLINGS = ("mean", "cls")
+CHUNK_BATCHES = 16  # packed embedding: sentences featurised and packed this many batches at once
 
 
 def pool(seq: jax.Array, input_mask: jax.Array, pooling: str, normalize: bool) -> jax.Array:
@@ -69,9 +71,35 @@ def pool(seq: jax.Array, input_mask: jax.Array, pooling: str, normalize: bool) -
         emb = seq[:, 0]  # [B, D]
     else:
         raise ValueError(f"pooling={pooling!r}; expected one of {POOLINGS}")
-    if normalize:
-        emb = emb / jnp.maximum(jnp.linalg.norm(emb, axis=-1, keepdims=True), 1e-12)
-    return emb
+    return _normalized(emb) if normalize else emb
+
+
+def _normalized(emb: jax.Array) -> jax.Array:
+    return emb / jnp.maximum(jnp.linalg.norm(emb, axis=-1, keepdims=True), 1e-12)
+
+
+def pool_packed(seq: jax.Array, pack_ids: jax.Array, cls_positions: jax.Array, pooling: str,
+                normalize: bool) -> jax.Array:
+    """``pool`` for packed rows (bertjax/tasks/packing.py): one vector per example slot.
+
+    Args:
+      seq: [B, L, D] hidden states; pack_ids: [B, L] the slot of each token (1..M, 0 padding);
+      cls_positions: [B, M] where each slot's [CLS] is.
+
+    Returns:
+      float32 [B, M, D] (zeros, or any value, for empty slots: they are not read back).
+    """
+    seq = seq.astype(jnp.float32)
+    if pooling == "mean":
+        slots = jnp.arange(1, cls_positions.shape[1] + 1)
+        member = (pack_ids[..., None] == slots).astype(jnp.float32)  # [B, L, M]
+        total = jnp.einsum("bld,blm->bmd", seq, member)
+        emb = total / jnp.maximum(jnp.sum(member, axis=1)[..., None], 1e-9)  # [B, M, D]
+    elif pooling == "cls":
+        emb = jnp.take_along_axis(seq, cls_positions[..., None], axis=1)  # [B, M, D]
+    else:
+        raise ValueError(f"pooling={pooling!r}; expected one of {POOLINGS}")
+    return _normalized(emb) if normalize else emb
 
 
 class SentenceEncoder(nn.Module):
@@ -82,11 +110,15 @@ class SentenceEncoder(nn.Module):
     normalize: bool = False
 
     @nn.compact
-    def __call__(self, input_ids: jax.Array, input_mask: jax.Array,
-                 segment_ids: jax.Array) -> jax.Array:
-        """Returns float32 [B, D] sentence embeddings."""
+    def __call__(self, input_ids: jax.Array, input_mask: jax.Array, segment_ids: jax.Array,
+                 position_ids: jax.Array | None = None, pack_ids: jax.Array | None = None,
+                 cls_positions: jax.Array | None = None) -> jax.Array:
+        """Returns float32 [B, D] sentence embeddings; [B, M, D] for packed rows."""
         seq, _ = model_lib.BertModel(self.cfg, name="bert")(
-            input_ids, input_mask, segment_ids, deterministic=True)  # [B, L, D]
+            input_ids, input_mask, segment_ids, position_ids, True, pack_ids)  # [B, L, D]
+        if pack_ids is not None:
+            emb = pool_packed(seq, pack_ids, cls_positions, self.pooling, self.normalize)
+            return sharding.constrain(emb, ("act_batch", None, "act_embed"))  # [B, M, D]
         emb = pool(seq, input_mask, self.pooling, self.normalize)
         return sharding.constrain(emb, ("act_batch", "act_embed"))  # [B, D]
 
@@ -102,6 +134,7 @@ class Settings:
     batch_size: int = 64
     tokenizer: str = ""  # "": the workdir's own
     dtype: str = "float32"
+    examples_per_row: int = 1  # > 1: up to this many sentences share a row (packing.py)
 
 
 @dataclasses.dataclass
@@ -124,6 +157,10 @@ def check(settings: Settings) -> Plan:
     s = settings
     if s.pooling not in POOLINGS:
         raise config_lib.ConfigError(f"--pooling={s.pooling!r}; expected one of {POOLINGS}")
+    if not 1 <= s.examples_per_row <= s.max_seq_length // 3:
+        raise config_lib.ConfigError(
+            f"--examples_per_row={s.examples_per_row}; expected 1 (one sentence per row) up to "
+            f"{s.max_seq_length // 3} (rows of {s.max_seq_length} tokens, at least 3 a sentence)")
     if not s.init_from or not os.path.isdir(s.init_from):
         raise config_lib.ConfigError(f"--init_from={s.init_from!r} is not a directory; give a "
                                      "bertjax workdir (pre-training, fine-tuning or an import)")
@@ -190,13 +227,15 @@ class Embedder:
         shell_sh = shell.replace(params=params_sh)
         self.params = encoder.restore_encoder(s.init_from, shell, shell_sh).params
         self.dim = plan.model_cfg.hidden_size
+        keys = features.FEATURE_KEYS + (packing.PACKED_KEYS if s.examples_per_row > 1 else ())
         self.batch_sh = {k: sharding.batch_sharding(self.mesh, plan.rules, 2, s.batch_size)
-                         for k in features.FEATURE_KEYS}
+                         for k in keys}
 
         def step(params, batch):
             with sharding.activation_rules(self.mesh, plan.rules):  # traced here
                 return model.apply({"params": params}, batch["input_ids"],
-                                   batch["input_mask"], batch["segment_ids"])
+                                   batch["input_mask"], batch["segment_ids"],
+                                   *(batch[k] for k in packing.PACKED_KEYS if k in batch))
 
         self._step = jax.jit(step, in_shardings=(params_sh, self.batch_sh),
                              out_shardings=sharding.replicated(self.mesh))
@@ -216,10 +255,45 @@ class Embedder:
                                     for i in mine], self.plan.tok, s.max_seq_length)
             yield {k: rows[k] for k in features.FEATURE_KEYS}, mask
 
+    def _packed_batches(self, sentences: Sequence[str]) -> Iterator[tuple[dict, np.ndarray]]:
+        """(this host's packed rows, the global index [B, M] of the sentence in each slot, -1
+        empty) per global batch. Sentences are featurised and packed (best fit, longest first)
+        a chunk of CHUNK_BATCHES batches' worth at a time, by every host alike."""
+        s = self.plan.settings
+        b, m = s.batch_size, s.examples_per_row
+        hosts, me = multihost.process_count(), multihost.process_index()
+        local = b // hosts
+        chunk = CHUNK_BATCHES * b * m
+        for start in range(0, len(sentences), chunk):
+            part = sentences[start:start + chunk]
+            rows = features.encode([{"text_a": t, "text_b": None, "label": None} for t in part],
+                                   self.plan.tok, s.max_seq_length)
+            arrays = {k: rows[k] for k in features.FEATURE_KEYS}
+            placed, _ = packing.best_fit(packing.lengths(arrays), range(len(part)), m,
+                                         s.max_seq_length)
+            batch, index = packing.pack(arrays, placed, m,
+                                        num_rows=-(-len(placed) // b) * b)
+            index = np.where(index >= 0, index + start, -1)
+            for r in range(0, len(index), b):
+                mine = slice(r + me * local, r + (me + 1) * local)
+                yield ({k: batch[k][mine] for k in self.batch_sh}, index[r:r + b])
+
     def embed(self, sentences: Sequence[str]) -> np.ndarray:
         """float32 [N, D] embeddings of ``sentences``, in order, each computed once."""
         if not sentences:
             return np.zeros((0, self.dim), np.float32)
+        if self.plan.settings.examples_per_row > 1:
+            out = np.zeros((len(sentences), self.dim), np.float32)
+            pending = None
+            for rows, index in self._packed_batches(sentences):
+                result = self._step(self.params, multihost.global_batch(rows, self.batch_sh))
+                if pending is not None:
+                    emb, where = np.asarray(jax.device_get(pending[0])), pending[1]
+                    out[where[where >= 0]] = emb[where >= 0]
+                pending = (result, index)
+            emb, where = np.asarray(jax.device_get(pending[0])), pending[1]
+            out[where[where >= 0]] = emb[where >= 0]
+            return out
         out, pending = [], None
         for rows, mask in self._batches(sentences):
             result = self._step(self.params, multihost.global_batch(rows, self.batch_sh))
