@@ -128,13 +128,18 @@ def _eval_once(devices, split, family, slots=1):
     return out, stats, family.score(out, split)
 
 
-def test_padded_eval_equal_on_1_and_8_devices():
+def _dev_split():
+    """The tagging family with the test labels, and the dev file read in rows of 16."""
     family = tagging.TaggingFamily()
     c = ner_config.get_config()
     c.data.dev, c.max_seq_length = os.path.join(FILES, "dev.conll"), 16
     family.prepare(c)
     family.labels = LABELS
-    split = family.read(c, features.WordPieceAdapter(VOCAB_DIR), c.data.dev, True)
+    return family, family.read(c, features.WordPieceAdapter(VOCAB_DIR), c.data.dev, True)
+
+
+def test_padded_eval_equal_on_1_and_8_devices():
+    family, split = _dev_split()
     assert split.rows % 8 and split.num_examples == 37  # the last batch is partly padding
     out1, stats1, score1 = _eval_once(jax.devices()[:1], split, family)
     out8, stats8, score8 = _eval_once(jax.devices(), split, family)
@@ -213,12 +218,7 @@ def test_bad_tag_is_one_line_exit_2_nothing_written(imported, tmp_path):
 def test_strict_scores_drop_entities_that_start_with_i():
     """Gold tags predicted with every B- written as I-: conlleval rules still read the same
     entities (f1 1), seqeval's strict mode reads none (strict_f1 0)."""
-    family = tagging.TaggingFamily()
-    c = ner_config.get_config()
-    c.data.dev, c.max_seq_length = os.path.join(FILES, "dev.conll"), 16
-    family.prepare(c)
-    family.labels = LABELS
-    split = family.read(c, features.WordPieceAdapter(VOCAB_DIR), c.data.dev, True)
+    family, split = _dev_split()
     ids = {t: i for i, t in enumerate(LABELS)}
     as_i = np.array([ids["I-" + t[2:]] if t.startswith("B-") else ids[t] for t in LABELS])
     labels = split.arrays["labels"]
