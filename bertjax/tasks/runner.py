@@ -343,9 +343,12 @@ def run(config: Any, workdir: str, family: Family, eval_only: bool = False,
         used = sum(len(r) for step in first for r in step)
         fill = packing.fill(plan.lens, [r for step in first for r in step],
                             config.max_seq_length)
+        # slots, not tokens, bound the rows when M examples leave a quarter of a row empty
+        hint = ("; examples_per_row limits the rows: a larger value packs them fuller"
+                if slots * float(plan.lens.mean()) < 0.75 * config.max_seq_length else "")
         say(f"packing: up to {slots} examples a row; a step's {config.global_batch_size} "
             f"examples in {plan.rows} rows ({used / max(1, len(first)):.1f} on average, "
-            f"{fill:.0%} of their tokens real)")
+            f"{fill:.0%} of their tokens real){hint}")
 
     # 2. build
     pred_dir = os.path.join(workdir, "predictions")
