@@ -41,7 +41,6 @@ from typing import Any, Callable, Protocol
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
@@ -56,6 +55,8 @@ from bertjax import train
 from bertjax.tasks import encoder
 from bertjax.tasks import features
 from bertjax.tasks import packing
+from bertjax.tasks.run_settings import (LATEST, check_settings, resolved_steps, saved_latest,
+                                        setting_difference, take_saved)
 from bertjax.tasks.splits import (  # noqa: F401 (re-exported: families use runner.Split, ...)
     TFDS_PREFIX, Split, eval_batches, examples, host_rows, predict, sources, tfds_splits)
 
@@ -159,91 +160,10 @@ def jit_steps(fns: train.StepFns, batch_like: dict,
 # -------------------------------------------------------------------------------------- run
 
 
-def _resolved(config: Any, train_size: int) -> tuple[int, int]:
-    """(total steps, warmup steps) from epochs and the warmup fraction when not given."""
-    steps = config.total_steps or max(1, int(config.num_epochs * train_size
-                                             // config.global_batch_size))
-    warmup = (config.optim.warmup_steps if config.optim.warmup_steps >= 0
-              else int(config.warmup_fraction * steps))
-    return steps, min(warmup, steps)
-
-
 def _json(path: str, value: Any) -> None:
     with open(path + ".tmp", "w") as f:
         json.dump(value, f, indent=2)
     os.replace(path + ".tmp", path)
-
-
-def _take_saved(config: Any, saved: dict) -> None:
-    """eval_only: the fine-tuned model (task, family, encoder sizes, tokenizer, sequence length,
-    QA windows) is what the workdir says it is, whatever the command line says; data settings the command
-    leaves empty (files, label list, scheme) come from the workdir too."""
-    with config.unlocked():
-        config.task = saved.get("task", config.task)
-        if "family" in config and saved.get("family"):
-            config.family = saved["family"]
-        config.init_from = saved.get("init_from", "")
-        if "rng_impl" in config:  # the state's key is of the kind the run trained with
-            config.rng_impl = saved.get("rng_impl", ckpt_lib.ABSENT_MEANS["rng_impl"])
-        config.tokenizer = saved.get("tokenizer", "") or config.tokenizer
-        config.model = ml_collections.ConfigDict(saved["model"])
-        # rows are cut (and NER sentences windowed) as in training
-        config.max_seq_length = saved.get("max_seq_length", config.max_seq_length)
-        for key in WINDOW_KEYS:  # and QA contexts windowed as in training
-            if key in config.data and key in saved.get("data", {}):
-                config.data[key] = saved["data"][key]
-        for key, value in saved.get("data", {}).items():
-            if key in config.data and not config.data[key] and value:
-                config.data[key] = value
-
-
-WINDOW_KEYS = ("doc_stride", "max_query_length")  # config.data keys that cut rows
-LATEST = "checkpoints_latest"  # the resumable state; "checkpoints" holds the best one
-RESUME_KEYS = ("task", "family", "init_from", "seed", "rng_impl", "global_batch_size",
-               "max_seq_length", "total_steps", "optim.lr", "optim.warmup_steps", "data.train",
-               "data.tfds", "data.labels", "data.examples_per_row")
-
-
-def _saved_latest(workdir: str) -> dict | None:
-    """The config saved with the resumable (latest) checkpoint of an unfinished run, or None."""
-    return features.latest_saved_config(workdir, LATEST)
-
-
-def check_settings(config: Any, eval_only: bool = False) -> None:
-    """The settings that can be checked before any file is read or written.
-
-    Raises:
-      ConfigError: ``init_from`` missing (when training) or an unknown ``rng_impl``.
-    """
-    if not eval_only and config.init_from and not os.path.isdir(config.init_from):
-        raise config_lib.ConfigError(f"config.init_from={config.init_from!r} does not exist; "
-                                     "give a pre-training workdir (or one of its "
-                                     "checkpoints/N) or an import")
-    config_lib.check_rng_impl(config)
-
-
-def setting_difference(saved: dict, config: Any) -> str | None:
-    """The first setting (of RESUME_KEYS) in which ``config`` differs from the saved run.
-
-    ``config`` may still hold the automatic values that a run resolves once it has read its
-    data (total_steps 0: from num_epochs; warmup_steps < 0: from warmup_fraction); the saved
-    run's inputs to that resolution are compared instead.
-    """
-    current = ckpt_lib.config_to_json(config)
-    keys = list(RESUME_KEYS)
-    if not config.total_steps:
-        keys[keys.index("total_steps")] = "num_epochs"
-    if config.optim.warmup_steps < 0:
-        keys[keys.index("optim.warmup_steps")] = "warmup_fraction"
-    for key in keys:
-        a, b = saved, current
-        for part in key.split("."):
-            a, b = (a or {}).get(part), (b or {}).get(part)
-        if a is None:  # saved before the key existed: it ran with the key's original default
-            a = ckpt_lib.ABSENT_MEANS.get(key)
-        if a != b:
-            return f"config.{key}={b!r} (the earlier run had {a!r})"
-    return None
 
 
 def _pad_keys(arrays: dict[str, np.ndarray], like: dict[str, np.ndarray]) -> dict:
@@ -279,8 +199,8 @@ def run(config: Any, workdir: str, family: Family, eval_only: bool = False,
         if saved is None:
             raise config_lib.ConfigError(f"--workdir={workdir} holds no fine-tuned checkpoint "
                                          "to evaluate; run without --eval_only first")
-        _take_saved(config, saved)
-    latest_saved = None if eval_only or overwrite else _saved_latest(workdir)
+        take_saved(config, saved)
+    latest_saved = None if eval_only or overwrite else saved_latest(workdir)
     finished = os.path.exists(os.path.join(workdir, "metrics.json"))
     if not eval_only:
         if (saved is not None or latest_saved is not None) and not overwrite and (
@@ -317,7 +237,7 @@ def run(config: Any, workdir: str, family: Family, eval_only: bool = False,
         raise config_lib.ConfigError(
             f"{paths['train']} has {trainset.rows} training rows, fewer than "
             f"config.global_batch_size={config.global_batch_size}; lower the batch size")
-    total_steps, warmup = _resolved(config, trainset.rows if trainset else 1)
+    total_steps, warmup = resolved_steps(config, trainset.rows if trainset else 1)
     with config.unlocked():
         config.total_steps = total_steps
         config.optim.warmup_steps = warmup

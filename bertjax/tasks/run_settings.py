@@ -1,0 +1,96 @@
+"""The settings of a fine-tuning run: checked before anything is read, taken from the workdir
+for ``--eval_only``, compared with an unfinished run's before it resumes, and resolved (steps,
+warmup) once the training set is read. Used by bertjax/tasks/runner.py.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import ml_collections
+
+from bertjax import checkpoint as ckpt_lib
+from bertjax import config as config_lib
+from bertjax.tasks import features
+
+
+def resolved_steps(config: Any, train_size: int) -> tuple[int, int]:
+    """(total steps, warmup steps) from epochs and the warmup fraction when not given."""
+    steps = config.total_steps or max(1, int(config.num_epochs * train_size
+                                             // config.global_batch_size))
+    warmup = (config.optim.warmup_steps if config.optim.warmup_steps >= 0
+              else int(config.warmup_fraction * steps))
+    return steps, min(warmup, steps)
+
+
+def take_saved(config: Any, saved: dict) -> None:
+    """eval_only: the fine-tuned model (task, family, encoder sizes, tokenizer, sequence length,
+    QA windows) is what the workdir says it is, whatever the command line says; data settings
+    the command leaves empty (files, label list, scheme) come from the workdir too."""
+    with config.unlocked():
+        config.task = saved.get("task", config.task)
+        if "family" in config and saved.get("family"):
+            config.family = saved["family"]
+        config.init_from = saved.get("init_from", "")
+        if "rng_impl" in config:  # the state's key is of the kind the run trained with
+            config.rng_impl = saved.get("rng_impl", ckpt_lib.ABSENT_MEANS["rng_impl"])
+        config.tokenizer = saved.get("tokenizer", "") or config.tokenizer
+        config.model = ml_collections.ConfigDict(saved["model"])
+        # rows are cut (and NER sentences windowed) as in training
+        config.max_seq_length = saved.get("max_seq_length", config.max_seq_length)
+        for key in WINDOW_KEYS:  # and QA contexts windowed as in training
+            if key in config.data and key in saved.get("data", {}):
+                config.data[key] = saved["data"][key]
+        for key, value in saved.get("data", {}).items():
+            if key in config.data and not config.data[key] and value:
+                config.data[key] = value
+
+
+WINDOW_KEYS = ("doc_stride", "max_query_length")  # config.data keys that cut rows
+LATEST = "checkpoints_latest"  # the resumable state; "checkpoints" holds the best one
+RESUME_KEYS = ("task", "family", "init_from", "seed", "rng_impl", "global_batch_size",
+               "max_seq_length", "total_steps", "optim.lr", "optim.warmup_steps", "data.train",
+               "data.tfds", "data.labels", "data.examples_per_row")
+
+
+def saved_latest(workdir: str) -> dict | None:
+    """The config saved with the resumable (latest) checkpoint of an unfinished run, or None."""
+    return features.latest_saved_config(workdir, LATEST)
+
+
+def check_settings(config: Any, eval_only: bool = False) -> None:
+    """The settings that can be checked before any file is read or written.
+
+    Raises:
+      ConfigError: ``init_from`` missing (when training) or an unknown ``rng_impl``.
+    """
+    if not eval_only and config.init_from and not os.path.isdir(config.init_from):
+        raise config_lib.ConfigError(f"config.init_from={config.init_from!r} does not exist; "
+                                     "give a pre-training workdir (or one of its "
+                                     "checkpoints/N) or an import")
+    config_lib.check_rng_impl(config)
+
+
+def setting_difference(saved: dict, config: Any) -> str | None:
+    """The first setting (of RESUME_KEYS) in which ``config`` differs from the saved run.
+
+    ``config`` may still hold the automatic values that a run resolves once it has read its
+    data (total_steps 0: from num_epochs; warmup_steps < 0: from warmup_fraction); the saved
+    run's inputs to that resolution are compared instead.
+    """
+    current = ckpt_lib.config_to_json(config)
+    keys = list(RESUME_KEYS)
+    if not config.total_steps:
+        keys[keys.index("total_steps")] = "num_epochs"
+    if config.optim.warmup_steps < 0:
+        keys[keys.index("optim.warmup_steps")] = "warmup_fraction"
+    for key in keys:
+        a, b = saved, current
+        for part in key.split("."):
+            a, b = (a or {}).get(part), (b or {}).get(part)
+        if a is None:  # saved before the key existed: it ran with the key's original default
+            a = ckpt_lib.ABSENT_MEANS.get(key)
+        if a != b:
+            return f"config.{key}={b!r} (the earlier run had {a!r})"
+    return None
