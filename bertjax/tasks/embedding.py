@@ -46,6 +46,7 @@ from bertjax.tasks import encoder
 from bertjax.tasks import features
 from bertjax.tasks import metrics as metrics_lib
 from bertjax.tasks import packing
+from bertjax.tasks import splits
 
 POOLINGS = ("mean", "cls")
 CHUNK_BATCHES = 16  # packed embedding: sentences featurised and packed this many batches at once
@@ -261,8 +262,6 @@ class Embedder:
         a chunk of CHUNK_BATCHES batches' worth at a time, by every host alike."""
         s = self.plan.settings
         b, m = s.batch_size, s.examples_per_row
-        hosts, me = multihost.process_count(), multihost.process_index()
-        local = b // hosts
         chunk = CHUNK_BATCHES * b * m
         for start in range(0, len(sentences), chunk):
             part = sentences[start:start + chunk]
@@ -274,9 +273,9 @@ class Embedder:
             batch, index = packing.pack(arrays, placed, m,
                                         num_rows=-(-len(placed) // b) * b)
             index = np.where(index >= 0, index + start, -1)
+            inputs = {k: batch[k] for k in self.batch_sh}
             for r in range(0, len(index), b):
-                mine = slice(r + me * local, r + (me + 1) * local)
-                yield ({k: batch[k][mine] for k in self.batch_sh}, index[r:r + b])
+                yield splits.host_rows(inputs, np.arange(r, r + b)), index[r:r + b]
 
     def embed(self, sentences: Sequence[str]) -> np.ndarray:
         """float32 [N, D] embeddings of ``sentences``, in order, each computed once."""
@@ -284,15 +283,18 @@ class Embedder:
             return np.zeros((0, self.dim), np.float32)
         if self.plan.settings.examples_per_row > 1:
             out = np.zeros((len(sentences), self.dim), np.float32)
+
+            def take(result, where):  # per-slot embeddings [B, M, D] to their sentences
+                emb = np.asarray(jax.device_get(result))
+                out[where[where >= 0]] = emb[where >= 0]
+
             pending = None
             for rows, index in self._packed_batches(sentences):
                 result = self._step(self.params, multihost.global_batch(rows, self.batch_sh))
-                if pending is not None:
-                    emb, where = np.asarray(jax.device_get(pending[0])), pending[1]
-                    out[where[where >= 0]] = emb[where >= 0]
+                if pending is not None:  # batch t is queued; reading t-1 does not stall
+                    take(*pending)
                 pending = (result, index)
-            emb, where = np.asarray(jax.device_get(pending[0])), pending[1]
-            out[where[where >= 0]] = emb[where >= 0]
+            take(*pending)
             return out
         out, pending = [], None
         for rows, mask in self._batches(sentences):

@@ -368,8 +368,9 @@ def run(config: Any, workdir: str, family: Family, eval_only: bool = False,
         clock = {"t0": None, "step0": start, "examples": 0, "paused": 0.0}
         for step in range(start, total_steps):
             if plan is not None:  # this step's examples, packed into plan.rows rows
-                local = host_rows(plan.batch_arrays(trainset.arrays, step), np.arange(plan.rows))
-                taken = sum(len(r) for r in plan.step(step))
+                packed = plan.batch_arrays(trainset.arrays, step)
+                local = host_rows(packed, np.arange(plan.rows))
+                taken = int(packed["example_mask"].sum())
             else:
                 epoch, k = divmod(step, per_epoch)
                 order = np.random.default_rng([config.seed, epoch]).permutation(n)
