@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import socket
 import subprocess
@@ -29,12 +30,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def xla_flags(devices: int) -> str:
+    """The caller's XLA_FLAGS (kept: e.g. an instruction-set limit) with ``devices`` fake CPU
+    devices per process."""
+    rest = re.sub(r"--xla_force_host_platform_device_count=\S+", "",
+                  os.environ.get("XLA_FLAGS", "")).split()
+    return " ".join(rest + [f"--xla_force_host_platform_device_count={devices}"])
+
+
 def commands(args: argparse.Namespace, port: int) -> list[tuple[dict, list[str]]]:
     out = []
     for i in range(args.num_processes):
         env = {"BERTJAX_COORDINATOR": f"127.0.0.1:{port}",
                "BERTJAX_NUM_PROCESSES": str(args.num_processes), "BERTJAX_PROCESS_ID": str(i),
-               "XLA_FLAGS": f"--xla_force_host_platform_device_count={args.devices_per_process}",
+               "XLA_FLAGS": xla_flags(args.devices_per_process),
                "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
         out.append((env, [sys.executable, "-m", args.module, *args.rest]))
     return out

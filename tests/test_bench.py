@@ -111,6 +111,7 @@ def _tiny_config(**overrides):
     return c
 
 
+@pytest.mark.slow
 def test_tiny_run_on_the_8_device_mesh_is_consistent(tmp_path):
     config = _tiny_config()
     r = bench.run(config, steps=2, warmup=1, matmul_size=256)

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from bertjax import config as config_lib
+from envs import xla_flags  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -65,7 +66,7 @@ def test_invalid_configs_name_the_value(overrides, devices, message):
 
 
 def _cli(*args):
-    env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS=xla_flags(8))
     return subprocess.run([sys.executable, "-m", "bertjax.pretrain", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
 

@@ -68,6 +68,7 @@ def _equal(a, b):
         np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("saved_scanned", [True, False])
 @pytest.mark.parametrize("scan_here", [True, False])
 def test_init_from_and_encoder_restore_read_either_layout(runs, saved_scanned, scan_here):
@@ -91,6 +92,7 @@ def test_hf_export_of_a_scanned_run(runs, tmp_path):
         np.testing.assert_array_equal(tensors[name], value, err_msg=name)
 
 
+@pytest.mark.slow
 def test_fine_tuning_init_from_one_step_of_a_run(tmp_path):
     """init_from=WORKDIR/checkpoints/N: that step's encoder and config, not the newest's."""
     workdir = str(tmp_path / "run")

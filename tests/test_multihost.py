@@ -15,8 +15,10 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from run_metrics import train_losses  # noqa: E402
+from envs import xla_flags  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = ["--config=configs/bert_tiny.py:runlocal", "--config.data.source=synthetic",
@@ -39,9 +41,10 @@ def _launch(tmp, name, n, m, *extra, timeout=600):
 def _proc_env(i, n, port, devices=4):
     return dict(os.environ, PYTHONPATH=ROOT, BERTJAX_COORDINATOR=f"127.0.0.1:{port}",
                 BERTJAX_NUM_PROCESSES=str(n), BERTJAX_PROCESS_ID=str(i), JAX_PLATFORMS="cpu",
-                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+                XLA_FLAGS=xla_flags(devices))
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_and_checkpoints_cross_process_counts(tmp_path):
     steps = ["--config.total_steps=4", "--config.eval_every=4", "--config.checkpoint_every=4"]
     two = _launch(tmp_path, "two", 2, 4, *steps)
@@ -78,6 +81,7 @@ def test_hosts_with_different_configs_stop_before_compiling(tmp_path):
         assert "compiled" not in out
 
 
+@pytest.mark.slow
 def test_a_killed_process_stops_the_other_within_two_minutes(tmp_path):
     import socket
     with socket.socket() as s:
@@ -115,6 +119,7 @@ def test_a_killed_process_stops_the_other_within_two_minutes(tmp_path):
             or re.search(r"gloo/transport/tcp/pair\.cc:\d+\]", log)), log[-3000:]
 
 
+@pytest.mark.slow
 def test_sigterm_on_one_host_saves_the_same_step_on_all_and_exits_0(tmp_path):
     import socket
     with socket.socket() as s:

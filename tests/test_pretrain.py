@@ -24,6 +24,7 @@ from bertjax import sharding
 from bertjax import train
 
 from run_metrics import train_losses  # noqa: E402
+from envs import xla_flags  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = ["--config.model.vocab_size=1000", "--config.data.max_documents=120",
@@ -65,7 +66,7 @@ def straight(cache, tmp_path_factory):
 
 def _start(cache, workdir, *extra, devices=8):
     env = dict(os.environ, PYTHONPATH=ROOT, BERTJAX_CACHE=str(cache),
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+               XLA_FLAGS=xla_flags(devices))
     log = open(os.path.join(os.path.dirname(workdir.rstrip("/")) or ".",
                             os.path.basename(workdir.rstrip("/")) + ".log"), "a")
     return subprocess.Popen([sys.executable, "-m", "bertjax.pretrain", f"--workdir={workdir}",
@@ -98,6 +99,7 @@ def _log(workdir):
         return f.read()
 
 
+@pytest.mark.slow
 def test_exact_resume_after_sigkill(cache, straight, tmp_path):
     steps = STEPS
     broken = str(tmp_path / "broken")
@@ -129,6 +131,7 @@ def test_exact_resume_after_sigkill(cache, straight, tmp_path):
     assert padding and float(padding.group(1)) < 5.0, _log(straight)[-1500:]
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_next_start_resumes(cache, tmp_path):
     workdir = str(tmp_path / "term")
     steps = ["--config.total_steps=40", "--config.checkpoint_every=100",
@@ -174,6 +177,7 @@ def _tiny_config():
     return c
 
 
+@pytest.mark.slow
 def test_restore_onto_other_meshes(tmp_path):
     """Saved on 2x2x2, restored on data=8, on fsdp=4 x tensor=2 and on 4 devices."""
     from bertjax import inputs, multihost
@@ -220,6 +224,7 @@ def test_init_from_takes_parameters_with_a_fresh_optimizer(straight):
                for x in jax.tree.leaves(state.opt_state[1].mu))
 
 
+@pytest.mark.slow
 def test_consecutive_nonfinite_steps_stop_the_run_with_checkpoint_intact(tmp_path):
     from bertjax import loop
     c = _tiny_config()
@@ -238,6 +243,7 @@ def test_consecutive_nonfinite_steps_stop_the_run_with_checkpoint_intact(tmp_pat
     assert [r["bad_streak"] for r in rows if r["split"] == "train"][:6] == [0, 0, 0, 1, 2, 3]
 
 
+@pytest.mark.slow
 def test_init_from_another_shape_names_the_first_mismatching_tensor(straight):
     from bertjax import loop
     c = _tiny_config()  # vocab 512, the run has 1000
@@ -300,7 +306,7 @@ def test_a_damaged_latest_checkpoint_is_skipped_with_a_message(tmp_path, capsys)
 def test_bad_inputs_to_the_command_are_one_line(cache, tmp_path, extra, workdir, message):
     wd = workdir if workdir.startswith("/") else str(tmp_path / workdir)
     env = dict(os.environ, PYTHONPATH=ROOT, BERTJAX_CACHE=str(cache),
-               XLA_FLAGS="--xla_force_host_platform_device_count=8")
+               XLA_FLAGS=xla_flags(8))
     extra = [e.replace("{cache}", str(cache)) for e in extra]
     r = subprocess.run([sys.executable, "-m", "bertjax.pretrain", f"--workdir={wd}", *BASE,
                         "--config.total_steps=4", *extra], cwd=ROOT, env=env,
@@ -311,6 +317,7 @@ def test_bad_inputs_to_the_command_are_one_line(cache, tmp_path, extra, workdir,
     assert not os.path.exists(os.path.join(wd, "checkpoints", "4"))
 
 
+@pytest.mark.slow
 def test_finished_run_reports_its_last_metrics_without_compiling(tmp_path, monkeypatch, capsys):
     from bertjax import loop
     c = _tiny_config()

@@ -51,6 +51,7 @@ def _close(a, b, rtol):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=rtol * 1e-2)
 
 
+@pytest.mark.slow
 def test_sharded_equals_unsharded():
     """5 steps (dropout on) on a 2x2x2 mesh and on one device: same losses and parameters."""
     c = _config()
@@ -62,6 +63,7 @@ def test_sharded_equals_unsharded():
     _close(s8.params, s1.params, 1e-5)
 
 
+@pytest.mark.slow
 def test_accumulation_equals_one_big_batch():
     """k micro-batches give the update of one step on the concatenated batch (dropout off:
     micro-batches fold their own dropout keys)."""
@@ -122,6 +124,7 @@ def test_schedule_warms_up_then_decays_polynomially():
     assert float(half(60)) == pytest.approx(0.5 ** 0.5)
 
 
+@pytest.mark.slow
 def test_loss_only_counts_masked_positions():
     """Changing the label of a zero-weight prediction slot leaves loss and gradient alone."""
     c = _config(**{"model.hidden_dropout": 0.0, "model.attention_dropout": 0.0})
@@ -161,6 +164,7 @@ def test_nonfinite_step_is_skipped_and_counted():
         state.params)[0]))
 
 
+@pytest.mark.slow
 def test_rbg_dropout_draws_other_bits_than_threefry():
     """config.rng_impl=rbg: a [4]-word key in the state, a finite training run, and dropout
     masks that are other bits than threefry's (so the knob takes effect)."""
@@ -181,6 +185,7 @@ def test_bad_rng_impl_is_one_line_before_building():
         config_lib.validate(_config(rng_impl="philox"), jax.device_count())
 
 
+@pytest.mark.slow
 def test_scanned_layers_train_like_unrolled_ones_on_a_sharded_mesh():
     """model.scan_layers: parameters born stacked on a replicated "layers" axis; from the same
     initial weights (stack_layers), 3 steps on 2x2x2 with dropout off give the losses and
@@ -218,6 +223,7 @@ def test_scanned_layers_train_like_unrolled_ones_on_a_sharded_mesh():
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["full", "dots"])
 def test_remat_gives_the_gradients_of_the_plain_step(policy):
     """model.remat recomputes activations in the backward pass: same losses and parameters

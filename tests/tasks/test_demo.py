@@ -24,6 +24,7 @@ from bertjax.data import corpus
 from bertjax.data import prepare as prepare_lib
 from bertjax.data import text
 from bertjax.tasks import demo
+from envs import xla_flags  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VOCAB_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "files", "finetune",
@@ -126,6 +127,7 @@ def test_swap_words_refuses_a_sentence_without_two_movable_words():
     assert demo.swap_words("Return the value now.", rng) == "Return value the now."
 
 
+@pytest.mark.slow
 def test_demo_command_prints_both_scores_and_the_difference(tmp_path):
     import shutil
 
@@ -153,7 +155,7 @@ def test_demo_command_prints_both_scores_and_the_difference(tmp_path):
            "--config.global_batch_size=8", "--config.eval_batch_size=64"]
     # One CPU device: the sharded paths are tested elsewhere; here only the command's output.
     env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=1")
+               XLA_FLAGS=xla_flags(1))
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     pre = re.search(r"^dev accuracy pre-trained +([0-9.]+)", p.stdout, re.M)

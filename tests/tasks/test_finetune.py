@@ -87,6 +87,7 @@ def _eval_once(devices, data, regression=False):
     return classify.predict(eval_fn, state.params, data, 8, train.batch_shardings(fns, like))
 
 
+@pytest.mark.slow
 def test_padded_eval_equal_on_1_and_8_devices_and_counts_each_example_once():
     n = 21  # not a multiple of the eval batch (8): the last batch is 5 real + 3 padding rows
     rng = np.random.default_rng(0)
@@ -123,6 +124,7 @@ def test_features_pair_truncates_longer_segment():
     assert f["segment_ids"][0].tolist() == [0, 0, 0, 0] + [1] * 6
 
 
+@pytest.mark.slow
 def test_finetune_learns_writes_predictions_and_eval_only_agrees(imported, tmp_path):
     # Trained with up to 4 examples a row (bertjax/tasks/packing.py; unpacked training runs in
     # the other tests), scored packed; then scored again one example per row and packed.
@@ -141,6 +143,7 @@ def test_finetune_learns_writes_predictions_and_eval_only_agrees(imported, tmp_p
         classify.run(custom_config(imported), workdir)
 
 
+@pytest.mark.slow
 def test_regression_stsb_reports_correlations(imported, tmp_path):
     c = finetune_config("stsb")
     c.init_from = imported

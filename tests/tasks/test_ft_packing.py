@@ -113,6 +113,7 @@ def test_packed_classifier_gives_each_example_its_own_outputs(attention):
     assert np.abs(packing.unpack(run(None), index, 12) - alone).max() > 1e-2
 
 
+@pytest.mark.slow
 def test_one_step_on_packed_rows_is_the_step_on_the_examples_alone():
     data = examples(16, 32, seed=3)
     cfg = model_lib.BertConfig(vocab_size=40, hidden_size=32, num_layers=1, num_heads=2,

@@ -70,6 +70,7 @@ def tiny_config():
     return c
 
 
+@pytest.mark.slow
 def test_suite_runs_tasks_summarises_and_resumes(imported, tmp_path, capsys):
     glue_dir, workdir = str(tmp_path / "glue"), str(tmp_path / "runs")
     fake_glue(glue_dir)

@@ -30,6 +30,7 @@ from bertjax.tasks import features
 from bertjax.tasks import qa
 from bertjax.tasks import qa_features
 from bertjax.tasks import runner
+from envs import xla_flags  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FILES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "files", "squad", "capitals")
@@ -161,6 +162,7 @@ def _eval_on(devices, arrays):
     return runner.predict(eval_fn, state.params, arrays, 8, train.batch_shardings(fns, like))
 
 
+@pytest.mark.slow
 def test_padded_eval_same_on_1_and_8_devices_and_masks_non_context():
     tok = features.WordPieceAdapter(VOCAB_DIR)
     c = squad_config("2.0")
@@ -263,11 +265,12 @@ def _finetune(*args: str) -> subprocess.CompletedProcess:
     # One CPU device: the sharded (8-device) evaluation is checked in-process above, and a
     # single device compiles and checkpoints the fastest.
     env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=1")
+               XLA_FLAGS=xla_flags(1))
     return subprocess.run([sys.executable, "-m", "bertjax.finetune", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_squad_v2_trains_predicts_every_question_and_eval_only_agrees(tmp_path):
     workdir = str(tmp_path / "squad2")
     p = _finetune("--config=configs/squad.py:version=2.0", *TINY, *WINDOWS,

@@ -60,6 +60,7 @@ def _stop_after(monkeypatch, steps: int) -> None:
     monkeypatch.setattr(runner, "jit_steps", jit_steps)
 
 
+@pytest.mark.slow
 def test_resume_ends_where_the_uninterrupted_run_does(tmp_path, monkeypatch):
     whole = classify.run(_config(), str(tmp_path / "whole"))
     _stop_after(monkeypatch, 19)  # past the best (12) and latest (16) checkpoints
@@ -98,6 +99,7 @@ def test_family_registry():
         families.get(c)
 
 
+@pytest.mark.slow
 def test_rng_impl_draws_the_dropout_bits_and_belongs_to_the_run(tmp_path):
     from bertjax import checkpoint as ckpt_lib
     from bertjax import train

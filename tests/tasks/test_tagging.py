@@ -173,6 +173,7 @@ def _run(cmd):
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_command_learns_writes_conll_and_eval_only_agrees(imported, tmp_path):
     # trained and scored with up to 3 sentences a row (bertjax/tasks/packing.py), scored again
     # one per row by eval_only

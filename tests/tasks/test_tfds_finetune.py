@@ -59,6 +59,7 @@ def _as_dataset(builder, split, decoders=None, read_config=None, **kwargs):
     return tf.data.Dataset.from_generator(lambda: _rows(builder, split), output_signature=spec)
 
 
+@pytest.mark.slow
 def test_conll2003_from_tfds(imported, tmp_path):
     c = ner_config.get_config()
     c.init_from = imported
@@ -77,6 +78,7 @@ def test_conll2003_from_tfds(imported, tmp_path):
         assert os.listdir(tmp_path / "ner" / "tb" / split), split
 
 
+@pytest.mark.slow
 def test_mnli_from_tfds_reports_mismatched_dev(imported, tmp_path):
     c = finetune_config("mnli")
     c.init_from = imported
