@@ -88,8 +88,19 @@ class System:
         return statistics.median(self.times)
 
 
+def pretraining_flops(config: Any, training: bool = True) -> dict[str, float]:
+    """``model_flops`` of bertjax's pre-training step for a run config: sparse MLM head, and
+    the last layer at the masked positions and [CLS]s (unless the layers are scanned)."""
+    cfg = config_lib.model_config(config)
+    m = config.data.pairs_per_row if config.data.pairs_per_row > 1 else 1
+    rows = (config.max_predictions + m if cfg.prune_last_layer and not cfg.scan_layers
+            else None)
+    return model_flops(cfg, config.global_batch_size, config.max_seq_length,
+                       config.max_predictions, training, last_layer_rows=rows)
+
+
 def model_flops(cfg: model_lib.BertConfig, batch: int, seq_len: int, mlm_positions: int,
-                training: bool = True) -> dict[str, float]:
+                training: bool = True, last_layer_rows: int | None = None) -> dict[str, float]:
     """Model FLOPs of one BERT pre-training step (matmuls only; 1 multiply-add = 2 FLOPs).
 
     With B = batch, L = seq_len, D hidden, F intermediate, N layers, V vocabulary and
@@ -111,21 +122,30 @@ def model_flops(cfg: model_lib.BertConfig, batch: int, seq_len: int, mlm_positio
     bertjax evaluates the MLM head sparsely: P = max_predictions. transformers' BERT evaluates
     it densely over every position: pass P = L to count what it computes.
 
+    bertjax also computes the last encoder layer only at the R rows that are read (the P masked
+    positions and the M [CLS]s; ``model.EncoderLayer``): its K and V projections still run on
+    all L rows, its Q, attention-output and MLP matmuls and its attention on R rows. Pass
+    ``last_layer_rows`` = R for that (``pretraining_flops`` does); None counts the whole layer.
+
     Args:
       cfg: the model sizes.
       batch, seq_len: B and L (padding tokens included: they are computed).
       mlm_positions: P, rows per sequence the MLM head runs on.
       training: forward + backward (×3) if True, else the forward only.
+      last_layer_rows: R, rows per sequence the last layer is computed at (None: all L).
 
     Returns:
       {"encoder_dense", "attention", "mlm_head", "pooler_nsp", "total"} in FLOPs.
     """
     b, l, p = batch, seq_len, mlm_positions
     d, f, n, v = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers, cfg.vocab_size
+    r = l if last_layer_rows is None else last_layer_rows
     passes = 3 if training else 1
     terms = {
-        "encoder_dense": 2 * (4 * d * d + 2 * d * f) * b * l * n,
-        "attention": 2 * (2 * b * l * l * d) * n,
+        # N-1 whole layers; the last: K, V on L rows, Q, output and the MLP on R rows
+        "encoder_dense": 2 * (4 * d * d + 2 * d * f) * b * l * (n - 1)
+                         + 2 * (2 * d * d * l + (2 * d * d + 2 * d * f) * r) * b,
+        "attention": 2 * (2 * b * l * l * d) * (n - 1) + 2 * (2 * b * r * l * d),
         "mlm_head": 2 * (d * d + d * v) * b * p,
         "pooler_nsp": 2 * (d * d + 2 * d) * b,
     }
@@ -272,7 +292,7 @@ def bertjax_system(config: Any, mesh_shape: tuple[int, int, int]) -> tuple[Syste
     t2 = time.perf_counter()
     cfg = config_lib.model_config(config)
     b, l = config.global_batch_size, config.max_seq_length
-    flops = model_flops(cfg, b, l, config.max_predictions)
+    flops = pretraining_flops(config)
     stepper = _JaxStepper(compiled, state, batches)
     system = System(name="bertjax", step=stepper, flops_per_step=flops["total"],
                     tokens_per_step=b * l, sequences_per_step=b, compile_s=t2 - t0,

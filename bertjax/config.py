@@ -80,6 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.attention_impl = "auto"
     c.model.scan_layers = False  # one nn.scan over the layers: compiles much faster (bench, pods)
     c.model.remat = "none"  # none | full | dots: recompute layer activations in the backward
+    c.model.prune_last_layer = True  # last layer only at masked positions and [CLS]s (same numbers)
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1
@@ -197,7 +198,8 @@ def model_config(config: ml_collections.ConfigDict) -> model_lib.BertConfig:
             type_vocab_size=m.type_vocab_size, hidden_dropout=m.hidden_dropout,
             attention_dropout=m.attention_dropout, hidden_act=m.hidden_act, dtype=m.dtype,
             param_dtype=m.param_dtype, attention_impl=m.attention_impl,
-            scan_layers=bool(m.get("scan_layers", False)), remat=m.get("remat", "none"))
+            scan_layers=bool(m.get("scan_layers", False)), remat=m.get("remat", "none"),
+            prune_last_layer=bool(m.get("prune_last_layer", True)))
     except ValueError as e:
         raise ConfigError(str(e)) from None
 

@@ -63,6 +63,9 @@ class BertConfig:
         models of either (bertjax/params_io.py).
       remat: "none", "full" or "dots": rematerialise each encoder layer in the backward pass
         (see ``_REMAT``), trading recomputation for activation memory (bigger batches).
+      prune_last_layer: in pre-training, compute the last encoder layer only at the rows that
+        are read (masked positions and [CLS]s; keys and values on every row): the same numbers
+        for less work (``BertForPreTraining``). No effect with ``scan_layers``.
     """
 
     vocab_size: int = 30522
@@ -82,6 +85,7 @@ class BertConfig:
     attention_impl: str = "auto"
     scan_layers: bool = False
     remat: str = "none"
+    prune_last_layer: bool = True
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
@@ -219,26 +223,32 @@ def attention_mask(input_mask: Array, pack_ids: Array | None) -> Array:
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with a key padding mask [B, L] or a pairwise mask [B, L, L]."""
+    """Multi-head self-attention with a key padding mask [B, L] or a pairwise mask [B, Q, L].
+
+    Queries come from ``queries`` [B, Q, D] when given (some rows of ``x``: the pruned last
+    layer, see ``EncoderLayer``), else from every row of ``x``; keys and values from ``x``.
+    """
 
     cfg: BertConfig
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array, deterministic: bool) -> Array:
+    def __call__(self, x: Array, mask: Array, deterministic: bool,
+                 queries: Array | None = None) -> Array:
         cfg = self.cfg
         heads, kv = cfg.num_heads, cfg.head_dim
         qkv_names = ("act_batch", "act_len", "act_heads", "act_kv")
 
-        def project(name):
-            y = _dense(cfg, (heads, kv), ("embed", "heads", "kv"), ("heads", "kv"), name)(x)
-            return sharding.constrain(y, qkv_names)  # [B, L, H, K]
+        def project(name, source):
+            y = _dense(cfg, (heads, kv), ("embed", "heads", "kv"), ("heads", "kv"), name)(source)
+            return sharding.constrain(y, qkv_names)  # [B, L (or Q), H, K]
 
-        q, k, v = project("query"), project("key"), project("value")
+        q = project("query", x if queries is None else queries)
+        k, v = project("key", x), project("value", x)
         impl = cfg.attention_impl
         dropout_active = cfg.attention_dropout > 0.0 and not deterministic
         if impl == "auto":
             impl = "explicit" if dropout_active else "xla"
-        # [B, 1, 1, L] keys for every query, or [B, 1, L, L] per query (packed rows)
+        # [B, 1, 1, L] keys for every query, or [B, 1, Q, L] per query (packed rows)
         full_mask = (mask[:, None, None, :] if mask.ndim == 2 else mask[:, None]).astype(bool)
         if impl == "explicit":
             scores = jnp.einsum("bqhk,bshk->bhqs", q, k) / math.sqrt(kv)  # [B, H, L, L]
@@ -264,17 +274,29 @@ class SelfAttention(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    """One post-LN transformer layer: x = LN(x + Attn(x)); x = LN(x + MLP(x))."""
+    """One post-LN transformer layer: x = LN(x + Attn(x)); x = LN(x + MLP(x)).
+
+    With ``rows`` [B, Q] the layer is computed only at those positions (keys and values still
+    from every row): the output [B, Q, D] equals the full layer's output gathered at ``rows``,
+    for a fraction Q/L of the query, attention-output and MLP work. The last layer of a
+    pre-training forward needs nothing else (only masked positions and [CLS]s are read).
+    """
 
     cfg: BertConfig
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array, deterministic: bool) -> Array:
+    def __call__(self, x: Array, mask: Array, deterministic: bool,
+                 rows: Array | None = None) -> Array:
         cfg = self.cfg
         act_names = ("act_batch", "act_len", "act_embed")
-        attn = SelfAttention(cfg, name="attention")(x, mask, deterministic)
+        queries = None
+        if rows is not None:
+            queries = jnp.take_along_axis(x, rows[..., None], axis=1)  # [B, Q, D]
+            if mask.ndim == 3:  # packed rows: each kept query's own row of the pairwise mask
+                mask = jnp.take_along_axis(mask, rows[..., None], axis=1)  # [B, Q, L]
+        attn = SelfAttention(cfg, name="attention")(x, mask, deterministic, queries)
         attn = nn.Dropout(cfg.hidden_dropout)(attn, deterministic=deterministic)
-        x = _layer_norm(cfg, "attention_norm")(x + attn)
+        x = _layer_norm(cfg, "attention_norm")((x if rows is None else queries) + attn)
         x = sharding.constrain(x, act_names)
         h = _dense(cfg, cfg.intermediate_size, ("embed", "mlp"), ("mlp",), "intermediate")(x)
         h = sharding.constrain(_activation(cfg, h), ("act_batch", "act_len", "act_mlp"))
@@ -289,7 +311,7 @@ def _layer_class(cfg: BertConfig) -> type:
     if cfg.remat == "none":
         return EncoderLayer
     policy = getattr(jax.checkpoint_policies, _REMAT[cfg.remat])
-    # Arguments count from self = 0: (x, mask, deterministic) are 1, 2, 3.
+    # Arguments count from self = 0: (x, mask, deterministic, rows) are 1, 2, 3, 4.
     return nn.remat(EncoderLayer, policy=policy, static_argnums=(3,))
 
 
@@ -370,16 +392,29 @@ class BertModel(nn.Module):
         Returns:
           sequence_output [B, L, D] and pooled_output [B, D] (tanh dense on the first token).
         """
+        x = self.encode(input_ids, input_mask, segment_ids, position_ids, deterministic, pack_ids)
+        return x, self.pool(x[:, 0])
+
+    def encode(self, input_ids: Array, input_mask: Array, segment_ids: Array | None = None,
+               position_ids: Array | None = None, deterministic: bool = True,
+               pack_ids: Array | None = None, rows: Array | None = None) -> Array:
+        """The encoder's last hidden states: [B, L, D], or [B, Q, D] at ``rows`` [B, Q].
+
+        With ``rows`` the last layer is computed only at those positions (``EncoderLayer``):
+        the same numbers as the full output gathered there, for less work. A scanned stack
+        runs every layer whole and gathers (its layers share one compiled body).
+        """
         if segment_ids is None:
             segment_ids = jnp.zeros_like(input_ids)
         x = self.embeddings(input_ids, segment_ids, position_ids, deterministic)
         mask = attention_mask(input_mask, pack_ids)
         if self.cfg.scan_layers:
             x = self.layers(x, mask, deterministic)
-        else:
-            for layer in self.layers:
-                x = layer(x, mask, deterministic)
-        return x, self.pool(x[:, 0])
+            return x if rows is None else jnp.take_along_axis(x, rows[..., None], axis=1)
+        for i, layer in enumerate(self.layers):
+            last = i == len(self.layers) - 1
+            x = layer(x, mask, deterministic, rows if last else None)
+        return x
 
     def pool(self, first: Array) -> Array:
         """The pooler: tanh dense on a sequence's first ([CLS]) hidden state [..., D]."""
@@ -418,21 +453,35 @@ class BertForPreTraining(nn.Module):
     def __call__(self, input_ids: Array, input_mask: Array, segment_ids: Array,
                  masked_lm_positions: Array, position_ids: Array | None = None,
                  deterministic: bool = True, pack_ids: Array | None = None,
-                 next_sentence_positions: Array | None = None) -> tuple[Array, Array]:
+                 next_sentence_positions: Array | None = None,
+                 prune_last_layer: bool | None = None) -> tuple[Array, Array]:
         """Returns (mlm_logits [B, P, V] float32, nsp_logits [B, 2] or [B, M, 2] float32).
 
-        The vocabulary projection runs only on the P gathered masked positions, not on all L:
-        over every position it would be ~20% of BERT-base's FLOPs. Packed rows (pack_ids and
-        next_sentence_positions [B, M], the [CLS] of each of up to M pairs) get one NSP
-        prediction per pair.
+        Only the P masked positions and the [CLS]s are read, so the last encoder layer is
+        computed at those rows alone (``prune_last_layer``, default the model config's; keys
+        and values on every row, the same numbers as the whole layer: tested against
+        transformers and against ``prune_last_layer=False``), and the vocabulary projection runs on the P rows, not on
+        all L (over every position it would be ~20% of BERT-base's FLOPs). Packed rows
+        (pack_ids and next_sentence_positions [B, M], the [CLS] of each of up to M pairs) get
+        one NSP prediction per pair.
         """
-        seq, pooled = self.bert(input_ids, input_mask, segment_ids, position_ids, deterministic,
-                                pack_ids)
-        picked = jnp.take_along_axis(seq, masked_lm_positions[..., None], axis=1)  # [B, P, D]
+        b, p = masked_lm_positions.shape
+        cls_positions = (jnp.zeros((b, 1), masked_lm_positions.dtype)
+                         if next_sentence_positions is None else next_sentence_positions)
+        rows = jnp.concatenate([masked_lm_positions,
+                                cls_positions.astype(masked_lm_positions.dtype)], axis=1)
+        if prune_last_layer is None:
+            prune_last_layer = self.cfg.prune_last_layer
+        if prune_last_layer:  # [B, P + M, D]: the masked positions, then the [CLS]s
+            out = self.bert.encode(input_ids, input_mask, segment_ids, position_ids,
+                                   deterministic, pack_ids, rows=rows)
+        else:
+            seq = self.bert.encode(input_ids, input_mask, segment_ids, position_ids,
+                                   deterministic, pack_ids)  # [B, L, D]
+            out = jnp.take_along_axis(seq, rows[..., None], axis=1)
+        picked, cls = out[:, :p], out[:, p:]  # [B, P, D], [B, M, D]
         h = self.mlm(picked)
         logits = self.bert.attend(h).astype(jnp.float32) + self.mlm_bias.astype(jnp.float32)
-        if next_sentence_positions is not None:
-            cls = jnp.take_along_axis(seq, next_sentence_positions[..., None], axis=1)  # [B, M, D]
-            pooled = self.bert.pool(cls)  # [B, M, D]
+        pooled = self.bert.pool(cls if next_sentence_positions is not None else cls[:, 0])
         nsp_logits = self.nsp(pooled).astype(jnp.float32)  # [B, 2] or [B, M, 2]
         return logits, nsp_logits  # [B, P, V], [B, (M,) 2]

@@ -30,6 +30,7 @@ TOY = model_lib.BertConfig(vocab_size=1000, hidden_size=128, num_layers=2, num_h
                            intermediate_size=512, max_position_embeddings=128,
                            hidden_dropout=0.0, attention_dropout=0.0)
 B, L, P = 2, 128, 20
+R = P + 1  # rows of the pruned last layer: the masked positions and the [CLS]
 
 
 def _dot_flops(jaxpr) -> int:
@@ -58,8 +59,9 @@ def toy():
     params = nn.meta.unbox(jax.eval_shape(
         lambda r: module.init(r, ids, ids, ids, positions)["params"], jax.random.PRNGKey(0)))
 
-    def forward(p):
-        return module.apply({"params": p}, ids, ids, ids * 0, positions)
+    def forward(p, prune_last_layer=True):
+        return module.apply({"params": p}, ids, ids, ids * 0, positions,
+                            prune_last_layer=prune_last_layer)
 
     def loss(p):
         mlm, nsp = forward(p)
@@ -71,25 +73,33 @@ def toy():
 def test_forward_flops_equal_the_models_matmuls(toy):
     params, forward, _ = toy
     counted = _dot_flops(jax.make_jaxpr(forward)(params).jaxpr)
-    formula = bench.model_flops(TOY, B, L, P, training=False)
+    formula = bench.model_flops(TOY, B, L, P, training=False, last_layer_rows=R)
     assert formula["total"] == pytest.approx(counted, rel=1e-9)
-    # The test can tell a wrong formula: a dense MLM head or a forgotten attention term is off.
-    dense_head = bench.model_flops(TOY, B, L, L, training=False)["total"]
+    # The test can tell a wrong formula: a dense MLM head, a forgotten attention term or the
+    # whole last layer counted is off.
+    dense_head = bench.model_flops(TOY, B, L, L, training=False, last_layer_rows=R)["total"]
     assert abs(dense_head / counted - 1) > 0.15
     assert abs((formula["total"] - formula["attention"]) / counted - 1) > 0.1
+    whole = bench.model_flops(TOY, B, L, P, training=False)["total"]
+    assert abs(whole / counted - 1) > 0.1
+    # ... and the unpruned forward is what the whole last layer costs
+    unpruned = _dot_flops(jax.make_jaxpr(lambda p: forward(p, False))(params).jaxpr)
+    assert whole == pytest.approx(unpruned, rel=1e-9)
 
 
 def test_training_flops_are_three_forwards_of_the_gradient(toy):
     params, _, loss = toy
     counted = _dot_flops(jax.make_jaxpr(jax.grad(loss))(params).jaxpr)
-    assert bench.model_flops(TOY, B, L, P)["total"] == pytest.approx(counted, rel=1e-9)
+    assert bench.model_flops(TOY, B, L, P, last_layer_rows=R)["total"] == pytest.approx(
+        counted, rel=1e-9)
 
 
 def test_forward_flops_within_xla_cost_analysis(toy):
     params, forward, _ = toy
     cost = jax.jit(forward).lower(params).cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    ratio = bench.model_flops(TOY, B, L, P, training=False)["total"] / cost["flops"]
+    ratio = (bench.model_flops(TOY, B, L, P, training=False, last_layer_rows=R)["total"]
+             / cost["flops"])
     # XLA also counts elementwise ops (GELU, LayerNorm, softmax, masking), which the model
     # FLOPs leave out: the formula is a little below XLA's count, never above it.
     assert 0.88 < ratio <= 1.001, ratio
@@ -127,7 +137,8 @@ def test_tiny_run_on_the_8_device_mesh_is_consistent(tmp_path):
     assert loaded["tokens_per_s"] == pytest.approx(16 * 32 / step)
     assert loaded["sequences_per_s"] == pytest.approx(16 / step)
     cfg = config_lib.model_config(config)
-    assert loaded["flops_per_step"] == bench.model_flops(cfg, 16, 32, 5)["total"]
+    assert loaded["flops_per_step"] == bench.model_flops(cfg, 16, 32, 5,
+                                                         last_layer_rows=5 + 1)["total"]
     assert loaded["achieved_flops_per_s"] == pytest.approx(loaded["flops_per_step"] / step)
     # On CPU the reference is the matmul measured in the same run; there is no datasheet.
     assert loaded["table_peak_flops_per_s"] is None

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from bertjax import model as model_lib
+from bertjax import synthetic
+from tolerances import chained_sums, check_f32_close
 
 
 def _count(module, seq_len=8):
@@ -75,3 +77,46 @@ def test_invalid_model_sizes_are_refused():
         model_lib.BertConfig.preset("huge")
     with pytest.raises(ValueError, match="hidden_act"):
         model_lib.BertConfig.preset("tiny", hidden_act="swish")
+
+
+@pytest.mark.parametrize("impl,remat,pairs_per_row", [
+    ("explicit", "none", 1), ("xla", "none", 3),
+    pytest.param("xla", "full", 1, marks=pytest.mark.slow),
+    pytest.param("explicit", "dots", 3, marks=pytest.mark.slow)])
+def test_pruned_last_layer_computes_what_the_whole_layer_gives_there(impl, remat, pairs_per_row):
+    """The last layer at the read rows only (masked positions, [CLS]s) = the whole layer read
+    there: logits and the gradient of every parameter, one pair per row and packed."""
+    import flax
+
+    cfg = model_lib.BertConfig.preset("tiny", vocab_size=512, attention_impl=impl, remat=remat,
+                                      hidden_dropout=0.0, attention_dropout=0.0)
+    b = synthetic.batch(np.random.default_rng(0), 4, 64, 6, 512, pairs_per_row=pairs_per_row)
+    module = model_lib.BertForPreTraining(cfg)
+    args = (b["input_ids"], b["input_mask"], b["segment_ids"], b["masked_lm_positions"],
+            b.get("position_ids"))
+    kw = dict(pack_ids=b.get("pack_ids"), next_sentence_positions=b.get("next_sentence_positions"))
+    params = flax.linen.meta.unbox(module.init(jax.random.key(0), *args, **kw)["params"])
+
+    def run(p, prune):
+        return module.apply({"params": p}, *args, **kw, prune_last_layer=prune)
+
+    def loss(p, prune):
+        mlm, nsp = run(p, prune)
+        return jnp.mean(jax.nn.logsumexp(mlm, -1)) + jnp.mean(nsp ** 2)
+
+    k, n = max(cfg.hidden_size, cfg.intermediate_size, 64), cfg.num_layers
+    for name, pruned, whole in zip(("MLM logits", "NSP logits"), jax.jit(run, static_argnums=1)(
+            params, True), jax.jit(run, static_argnums=1)(params, False)):
+        check_f32_close(f"pruned vs whole last layer: {name}", pruned, whole, k=k,
+                        sums=chained_sums(n, heads=2))
+    grad = jax.jit(jax.grad(loss), static_argnums=1)
+    g_pruned, g_whole = grad(params, True), grad(params, False)
+    floor = 1e-6 * max(float(jnp.abs(g).max()) for g in jax.tree.leaves(g_whole))
+    for (path, gp), gw in zip(jax.tree_util.tree_leaves_with_path(g_pruned),
+                              jax.tree.leaves(g_whole)):
+        name = f"gradient {jax.tree_util.keystr(path)}"
+        if float(jnp.abs(gw).max()) < floor:  # zero in exact arithmetic (attention key bias:
+            assert float(jnp.abs(gp).max()) < floor, name  # softmax ignores it): both vanish
+            continue
+        # a gradient flows back through every layer: the chain of forward and backward sums
+        check_f32_close(name, gp, gw, k=k, sums=2 * chained_sums(n, heads=2))
