@@ -28,6 +28,7 @@ import transformers
 
 from bertjax import convert
 from bertjax import model
+from hf_reference import randomize_
 from tolerances import chained_sums, check_f32_close
 
 TINY = dict(hidden_size=128, num_attention_heads=2, intermediate_size=512)
@@ -40,19 +41,7 @@ def _hf_model(vocab_size: int, sizes: dict, seed: int = 0) -> transformers.BertF
     hf_config = transformers.BertConfig(
         vocab_size=vocab_size, num_hidden_layers=2, hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0, attn_implementation="eager", **sizes)
-    hf = transformers.BertForPreTraining(hf_config).eval()
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        # named_parameters lists each tied tensor once, so the decoder stays tied.
-        for name, p in hf.named_parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            if name.endswith("LayerNorm.weight"):
-                p.copy_(1.0 + 0.1 * noise)
-            elif p.ndim == 1:
-                p.copy_(0.1 * noise)
-            else:
-                p.copy_(0.02 * noise)
-    return hf
+    return randomize_(transformers.BertForPreTraining(hf_config).eval(), seed + 1)
 
 
 def _state_dict(hf: torch.nn.Module) -> dict[str, np.ndarray]:

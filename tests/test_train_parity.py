@@ -57,6 +57,7 @@ from bertjax import multihost
 from bertjax import optim
 from bertjax import sharding
 from bertjax import train
+from hf_reference import randomize_
 
 VOCAB = 1000  # the prepared slice's tokenizer size; the tiny preset: 2 layers, 128 wide, 2 heads
 STEPS = 20
@@ -174,18 +175,8 @@ def initial() -> dict[str, np.ndarray]:
     test_parity.py), so biases and LayerNorm are off 0 and 1 and decay on them would show."""
     cfg = config_lib.model_config(_config())
     torch.manual_seed(0)
-    hf = transformers.BertForPreTraining(transformers.BertConfig(
-        **convert.bert_to_hf_config(cfg), attn_implementation="eager"))
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in hf.named_parameters():  # each tied tensor once: the decoder stays tied
-            noise = torch.randn(p.shape, generator=gen)
-            if name.endswith("LayerNorm.weight"):
-                p.copy_(1.0 + 0.1 * noise)
-            elif p.ndim == 1:
-                p.copy_(0.1 * noise)
-            else:
-                p.copy_(0.02 * noise)
+    hf = randomize_(transformers.BertForPreTraining(transformers.BertConfig(
+        **convert.bert_to_hf_config(cfg), attn_implementation="eager")), seed=1)
     return {k: v.detach().numpy().copy() for k, v in hf.state_dict().items()}
 
 
