@@ -264,7 +264,7 @@ def _canonical_name(name: str) -> str:
     return name
 
 
-def _expected_params(cfg: model_lib.BertConfig) -> dict[Path, jax.ShapeDtypeStruct]:
+def expected_params(cfg: model_lib.BertConfig) -> dict[Path, jax.ShapeDtypeStruct]:
     """Flat {path: shape/dtype} of bertjax's BertForPreTraining, traced without computing."""
     def init():
         ids = jnp.zeros((1, 1), jnp.int32)
@@ -277,7 +277,7 @@ def _expected_params(cfg: model_lib.BertConfig) -> dict[Path, jax.ShapeDtypeStru
 def _checked_table(cfg: model_lib.BertConfig) -> list[Row]:
     """The mapping table, verified to cover model.py's parameters exactly (it may change)."""
     rows = list(param_mapping(cfg))
-    expected = _expected_params(cfg)
+    expected = expected_params(cfg)
     mapped = {r.path for r in rows}
     if mapped != set(expected):
         raise RuntimeError(

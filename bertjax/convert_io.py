@@ -307,7 +307,7 @@ def load_workdir_params(workdir: str) -> tuple[Any, model_lib.BertConfig, int]:
     ckpt.close()
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=device)
-                for k, v in convert._expected_params(cfg).items()}
+                for k, v in convert.expected_params(cfg).items()}
     target = {"params": traverse_util.unflatten_dict(abstract)}
     restored = ocp.PyTreeCheckpointer().restore(
         os.path.join(ckpt_dir, str(step), "state"),

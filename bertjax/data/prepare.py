@@ -90,7 +90,8 @@ def document_hash(doc_text: str) -> int:
     return int.from_bytes(hashlib.sha256(doc_text.encode("utf-8")).digest()[:8], "big") >> 1
 
 
-def _is_eval(doc_id: int, fraction: float) -> bool:
+def is_eval(doc_id: int, fraction: float) -> bool:
+    """Whether document ``doc_id`` (its hash) belongs to the held-out split of ``fraction``."""
     # Uses the low bits, independent of shard assignment, so the split does not change with
     # --num_shards or worker counts.
     return (doc_id & 0xFFFFFFFF) < fraction * 2**32
@@ -158,7 +159,7 @@ def _run_job(job: _Job) -> dict:
         sentences = [ids for ids in tok.encode(text.document_sentences(lines)) if ids]
         if not sentences:
             continue
-        split = "eval" if _is_eval(doc_id, job.eval_fraction) else "train"
+        split = "eval" if is_eval(doc_id, job.eval_fraction) else "train"
         feature = {
             "doc_id": tf.train.Feature(int64_list=tf.train.Int64List(value=[doc_id])),
             "tokens": tf.train.Feature(int64_list=tf.train.Int64List(

@@ -96,7 +96,7 @@ def split_sentences(documents: Iterable[list[str]],
         lines = [line.strip() for line in doc if line.strip()]  # as text.read_documents reads
         # The same document id and test as prepare._run_job, so the split matches pre-training.
         doc_id = prepare_lib.document_hash("\n".join(lines))
-        side = held if prepare_lib._is_eval(doc_id, eval_fraction) else train
+        side = held if prepare_lib.is_eval(doc_id, eval_fraction) else train
         side.extend(" ".join(s.split()) for s in text.document_sentences(lines))
     seen = set(train)  # a held-out sentence repeated in a pre-training document was seen
     held = list(dict.fromkeys(s for s in held if _usable(s) and s not in seen))

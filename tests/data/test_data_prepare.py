@@ -49,8 +49,8 @@ def test_every_document_lands_in_exactly_one_shard(prepared, corpus_file, read_s
                    for i, _ in read_shard(os.path.join(prepared, s["file"]))]
            for split in ("train", "eval")}
     assert sorted(got["train"] + got["eval"]) == sorted(corpus_doc_ids(corpus_file))
-    assert all(prepare_lib._is_eval(i, meta["eval_fraction"]) for i in got["eval"])
-    assert not any(prepare_lib._is_eval(i, meta["eval_fraction"]) for i in got["train"])
+    assert all(prepare_lib.is_eval(i, meta["eval_fraction"]) for i in got["eval"])
+    assert not any(prepare_lib.is_eval(i, meta["eval_fraction"]) for i in got["train"])
 
 
 def test_rerun_redoes_only_incomplete_shards(prepared, corpus_file, settings, tmp_path):

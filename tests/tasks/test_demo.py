@@ -86,7 +86,7 @@ def test_swapped_is_its_original_with_two_words_exchanged(written):
 
 
 def test_dev_from_held_out_documents_and_never_in_train(documents, written):
-    held_docs = [d for d in documents if prepare_lib._is_eval(
+    held_docs = [d for d in documents if prepare_lib.is_eval(
         prepare_lib.document_hash("\n".join(d)), demo.EVAL_FRACTION)]
     assert 0 < len(held_docs) < len(documents) // 10
     held = {" ".join(s.split()) for d in held_docs for s in text.document_sentences(d)}
@@ -110,7 +110,7 @@ def test_split_follows_the_pretraining_document_hash():
     docs.append(["This sentence is in a held out document and a training one alike.",
                  "A third line."])
     train, held = demo.split_sentences(docs, eval_fraction=0.5)
-    is_held = [prepare_lib._is_eval(prepare_lib.document_hash("\n".join(d)), 0.5) for d in docs]
+    is_held = [prepare_lib.is_eval(prepare_lib.document_hash("\n".join(d)), 0.5) for d in docs]
     assert 0 < sum(is_held[:40]) < 40
     for i in range(40):
         s = f"Paragraph number {i} of this document is here."
