@@ -251,7 +251,7 @@ class SelfAttention(nn.Module):
         # [B, 1, 1, L] keys for every query, or [B, 1, Q, L] per query (packed rows)
         full_mask = (mask[:, None, None, :] if mask.ndim == 2 else mask[:, None]).astype(bool)
         if impl == "explicit":
-            scores = jnp.einsum("bqhk,bshk->bhqs", q, k) / math.sqrt(kv)  # [B, H, L, L]
+            scores = jnp.einsum("bqhk,bshk->bhqs", q, k) / math.sqrt(kv)  # [B, H, Q, L]
             scores = jnp.where(full_mask, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
             probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
             probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
@@ -460,8 +460,9 @@ class BertForPreTraining(nn.Module):
         Only the P masked positions and the [CLS]s are read, so the last encoder layer is
         computed at those rows alone (``prune_last_layer``, default the model config's; keys
         and values on every row, the same numbers as the whole layer: tested against
-        transformers and against ``prune_last_layer=False``), and the vocabulary projection runs on the P rows, not on
-        all L (over every position it would be ~20% of BERT-base's FLOPs). Packed rows
+        transformers and against ``prune_last_layer=False``), and the vocabulary projection
+        runs on the P rows, not on all L (over every position it would be ~20% of BERT-base's
+        FLOPs). Packed rows
         (pack_ids and next_sentence_positions [B, M], the [CLS] of each of up to M pairs) get
         one NSP prediction per pair.
         """
