@@ -30,7 +30,7 @@ def get_config(arg: str | None = None):
     c.eval_batch_size = 64
     c.max_seq_length = 128
     c.num_epochs = 3.0
-    c.optim.lr = 5e-5
+    c.optim.lr = 0.0  # 0: by the encoder's width (5e-5 at BERT-base's; tasks/run_settings.py)
     if args.runlocal:
         c.total_steps, c.global_batch_size, c.max_seq_length = 30, 16, 64
     return c

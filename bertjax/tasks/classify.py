@@ -33,6 +33,7 @@ from bertjax import model as model_lib
 from bertjax import train
 from bertjax.data import tasks as readers
 from bertjax.data.errors import DataError
+from bertjax.tasks import embedding
 from bertjax.tasks import features
 from bertjax.tasks import metrics as metrics_lib
 from bertjax.tasks import runner
@@ -54,6 +55,7 @@ class SequenceClassifier(nn.Module):
     cfg: model_lib.BertConfig
     num_outputs: int
     head_dropout: float = 0.1
+    pooling: str = "mean"  # mean: of each example's real tokens; cls: BERT's tanh pooler on [CLS]
 
     @nn.compact
     def __call__(self, input_ids: jax.Array, input_mask: jax.Array, segment_ids: jax.Array,
@@ -65,7 +67,11 @@ class SequenceClassifier(nn.Module):
         bert = model_lib.BertModel(self.cfg, name="bert")
         seq, pooled = bert(input_ids, input_mask, segment_ids, position_ids, deterministic,
                            pack_ids)  # [B, L, D], [B, D]
-        if cls_positions is not None:  # each packed example's [CLS]
+        if self.pooling == "mean":  # the encoder's pooler is not used (nor trained)
+            pooled = (embedding.pool(seq, input_mask, "mean", False) if cls_positions is None
+                      else embedding.pool_packed(seq, pack_ids, cls_positions, "mean", False))
+            pooled = pooled.astype(seq.dtype)
+        elif cls_positions is not None:  # each packed example's [CLS]
             pooled = bert.pool(jnp.take_along_axis(seq, cls_positions[..., None], axis=1))
         pooled = nn.Dropout(self.head_dropout)(pooled, deterministic=deterministic)
         init = nn.initializers.truncated_normal(stddev=self.cfg.initializer_range)
@@ -188,10 +194,15 @@ class ClassifyFamily:
     def __init__(self):
         self.task: Task | None = None
         self.head_dropout = 0.1
+        self.pooling = "mean"
 
     def prepare(self, config: Any) -> None:
         self.task = resolve_task(config)
         self.head_dropout = config.head_dropout
+        self.pooling = config.get("pooling", "mean")
+        if self.pooling not in ("cls", "mean"):
+            raise config_lib.ConfigError(f"config.pooling={self.pooling!r}; expected 'cls' "
+                                         "(BERT's pooler on [CLS]) or 'mean' (mean of the tokens)")
         tfds_name = config.data.get("tfds", "")
         if tfds_name and tfds_name.split(":")[0] != f"glue/{self.task.name}":
             raise config_lib.ConfigError(
@@ -208,7 +219,7 @@ class ClassifyFamily:
         return self.task.metric_names
 
     def make_model(self, cfg: model_lib.BertConfig) -> nn.Module:
-        return SequenceClassifier(cfg, self.task.num_outputs, self.head_dropout)
+        return SequenceClassifier(cfg, self.task.num_outputs, self.head_dropout, self.pooling)
 
     def read(self, config: Any, tok: features.TaskTokenizer, path: str,
              labelled: bool) -> runner.Split:

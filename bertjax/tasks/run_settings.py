@@ -24,6 +24,39 @@ def resolved_steps(config: Any, train_size: int) -> tuple[int, int]:
     return steps, min(warmup, steps)
 
 
+# The automatic fine-tuning rate (config.optim.lr = 0): BERT's 5e-5 at BERT-base's width,
+# scaled by (768 / width)² and capped. The fine-tuning configs' default; README, Fine-tuning.
+AUTO_LR_BASE, AUTO_LR_WIDTH, AUTO_LR_MAX = 5e-5, 768, 1e-3
+
+
+def learning_rate(config: Any, hidden_size: int) -> tuple[float, str]:
+    """(the peak fine-tuning rate, how it was chosen) for an encoder ``hidden_size`` wide.
+
+    ``config.optim.lr`` when it is set; when it is 0, 5e-5 × (768 / width)², at most 1e-3:
+    5e-5 for BERT-base, 2.8e-5 for large, 4.5e-4 for mini, 1e-3 for tiny. A small encoder
+    needs a larger step: at BERT-base's 5e-5 a 128-wide encoder barely moves in a few hundred
+    steps, and a pre-trained one (larger weights than a fresh one) moves least of all.
+
+    Raises:
+      ConfigError: a negative rate, or one of 1 or more.
+    """
+    lr = float(config.optim.lr)
+    if not 0 <= lr < 1:
+        raise config_lib.ConfigError(f"config.optim.lr={lr}; expected 0 < lr < 1, or 0 for the "
+                                     "automatic rate by the encoder's width")
+    if lr:
+        return lr, "config.optim.lr"
+    auto = min(AUTO_LR_MAX, AUTO_LR_BASE * (AUTO_LR_WIDTH / hidden_size) ** 2)
+    return float(f"{auto:.2g}"), f"automatic for width {hidden_size}"
+
+
+def with_learning_rate(config: Any, lr: float) -> Any:
+    """A copy of ``config`` whose optimizer runs at ``lr`` (the saved config keeps 0: auto)."""
+    copy = ml_collections.ConfigDict(config.to_dict())
+    copy.optim.lr = lr
+    return copy
+
+
 def take_saved(config: Any, saved: dict) -> None:
     """eval_only: the fine-tuned model (task, family, encoder sizes, tokenizer, sequence length,
     QA windows) is what the workdir says it is, whatever the command line says; data settings
@@ -36,6 +69,8 @@ def take_saved(config: Any, saved: dict) -> None:
         if "rng_impl" in config:  # the state's key is of the kind the run trained with
             config.rng_impl = saved.get("rng_impl", ckpt_lib.ABSENT_MEANS["rng_impl"])
         config.tokenizer = saved.get("tokenizer", "") or config.tokenizer
+        if "pooling" in config:  # the head reads what it was trained on
+            config.pooling = saved.get("pooling", ckpt_lib.ABSENT_MEANS["pooling"])
         config.model = ml_collections.ConfigDict(saved["model"])
         # rows are cut (and NER sentences windowed) as in training
         config.max_seq_length = saved.get("max_seq_length", config.max_seq_length)
@@ -51,7 +86,7 @@ WINDOW_KEYS = ("doc_stride", "max_query_length")  # config.data keys that cut ro
 LATEST = "checkpoints_latest"  # the resumable state; "checkpoints" holds the best one
 RESUME_KEYS = ("task", "family", "init_from", "seed", "rng_impl", "global_batch_size",
                "max_seq_length", "total_steps", "optim.lr", "optim.warmup_steps", "data.train",
-               "data.tfds", "data.labels", "data.examples_per_row")
+               "data.tfds", "data.labels", "data.examples_per_row", "pooling")
 
 
 def saved_latest(workdir: str) -> dict | None:

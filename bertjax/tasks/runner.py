@@ -55,6 +55,7 @@ from bertjax import train
 from bertjax.tasks import encoder
 from bertjax.tasks import features
 from bertjax.tasks import packing
+from bertjax.tasks import run_settings
 from bertjax.tasks.run_settings import (LATEST, check_settings, resolved_steps, saved_latest,
                                         setting_difference, take_saved)
 from bertjax.tasks.splits import (  # noqa: F401 (re-exported: families use runner.Split, ...)
@@ -275,7 +276,11 @@ def run(config: Any, workdir: str, family: Family, eval_only: bool = False,
     os.makedirs(pred_dir, exist_ok=True)
     train.use_rng_impl(config.get("rng_impl", "threefry2x32"))  # dropout bits, as pre-training
     model = family.make_model(model_cfg)
-    tx, schedule = optim.make_optimizer(config)
+    lr, lr_source = run_settings.learning_rate(config, model_cfg.hidden_size)
+    tx, schedule = optim.make_optimizer(run_settings.with_learning_rate(config, lr))
+    if not eval_only:
+        say(f"learning rate {lr:g} ({lr_source}), {config.total_steps} steps, warmup "
+            f"{config.optim.warmup_steps}")
     rules = tuple(tuple(r) for r in config.sharding.rules)
     state, state_sh = encoder.create_state(model, tx, mesh, rules, config.seed,
                                            config.max_seq_length)

@@ -13,6 +13,7 @@ import os
 import jax
 import numpy as np
 import pytest
+from flax.core import meta
 
 from bertjax import model as model_lib
 from bertjax import optim
@@ -85,13 +86,14 @@ def test_pack_then_unpack_gives_back_every_example():
                                   np.arange(37)[:, None] * 10.0 + np.arange(2))
 
 
-@pytest.mark.parametrize("attention", ["explicit", "xla"])
-def test_packed_classifier_gives_each_example_its_own_outputs(attention):
+@pytest.mark.parametrize("attention,pooling", [("explicit", "cls"), ("xla", "cls"),
+                                               ("explicit", "mean"), ("xla", "mean")])
+def test_packed_classifier_gives_each_example_its_own_outputs(attention, pooling):
     data = examples(12, 32, seed=2)
     cfg = model_lib.BertConfig(vocab_size=40, hidden_size=32, num_layers=2, num_heads=2,
                                intermediate_size=64, max_position_embeddings=32,
                                attention_impl=attention, initializer_range=0.3)
-    model = classify.SequenceClassifier(cfg, 3)
+    model = classify.SequenceClassifier(cfg, 3, pooling=pooling)
     feats = {k: data[k] for k in packing.FEATURE_KEYS}
     params = model.init(jax.random.PRNGKey(0), *feats.values())["params"]
     apply = jax.jit(model.apply)
@@ -109,8 +111,30 @@ def test_packed_classifier_gives_each_example_its_own_outputs(attention):
 
     np.testing.assert_allclose(packing.unpack(run(batch["pack_ids"]), index, 12), alone,
                                rtol=1e-4, atol=1e-4)
-    # without the block-diagonal mask, examples of a row see each other: the check can fail
-    assert np.abs(packing.unpack(run(None), index, 12) - alone).max() > 1e-2
+    # examples of a row that see each other (no block-diagonal mask; for mean pooling, one
+    # slot holding the whole row) do not give their outputs alone: the check can fail
+    wrong = None if pooling == "cls" else (batch["pack_ids"] > 0).astype(np.int32)
+    assert np.abs(packing.unpack(run(wrong), index, 12) - alone).max() > 1e-2
+
+
+def test_mean_pooling_head_reads_the_mean_of_the_real_tokens():
+    data = examples(6, 32, seed=4)
+    cfg = model_lib.BertConfig(vocab_size=40, hidden_size=32, num_layers=2, num_heads=2,
+                               intermediate_size=64, max_position_embeddings=32,
+                               initializer_range=0.3)
+    feats = [data[k] for k in ("input_ids", "input_mask", "segment_ids")]
+    model = classify.SequenceClassifier(cfg, 3, head_dropout=0.0, pooling="mean")
+    params = meta.unbox(model.init(jax.random.PRNGKey(0), *feats)["params"])
+    logits = np.asarray(model.apply({"params": params}, *feats))
+    seq, _ = model_lib.BertModel(cfg).apply({"params": params["bert"]}, *feats)
+    m = data["input_mask"][..., None]
+    mean = (np.asarray(seq) * m).sum(1) / m.sum(1)
+    head = params["classifier"]
+    np.testing.assert_allclose(logits, mean @ head["kernel"] + head["bias"], rtol=1e-5,
+                               atol=1e-5)
+    cls = np.asarray(classify.SequenceClassifier(cfg, 3, head_dropout=0.0, pooling="cls")
+                     .apply({"params": params}, *feats))
+    assert np.abs(cls - logits).max() > 1e-2  # the two heads read different vectors
 
 
 @pytest.mark.slow
@@ -121,7 +145,7 @@ def test_one_step_on_packed_rows_is_the_step_on_the_examples_alone():
                                hidden_dropout=0.0, attention_dropout=0.0)
     model = classify.SequenceClassifier(cfg, 3, head_dropout=0.0)
     c = finetune_config("custom")
-    c.total_steps, c.optim.warmup_steps = 10, 0
+    c.total_steps, c.optim.warmup_steps, c.optim.lr = 10, 0, 1e-3
     mesh = sharding.make_mesh(2, 2, 2)
     rules = tuple(sharding.DEFAULT_RULES)
     tx, schedule = optim.make_optimizer(c)

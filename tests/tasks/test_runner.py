@@ -18,6 +18,8 @@ import pytest
 from bertjax import config as config_lib
 from bertjax.tasks import classify
 from bertjax.tasks import families
+from bertjax.tasks import features
+from bertjax.tasks import run_settings
 from bertjax.tasks import runner
 from bertjax.tasks.ft_config import finetune_config
 
@@ -127,3 +129,26 @@ def test_rng_impl_draws_the_dropout_bits_and_belongs_to_the_run(tmp_path):
     with pytest.raises(config_lib.ConfigError, match="rng_impl='philox'"):
         classify.run(short(rng_impl="philox"), str(tmp_path / "bad"))
     assert not os.path.exists(tmp_path / "bad")
+
+
+def test_automatic_learning_rate_follows_the_encoder_width():
+    c = finetune_config("custom")
+    assert c.optim.lr == 0  # the fine-tuning configs' default: automatic
+    rates = {w: run_settings.learning_rate(c, w)[0] for w in (128, 256, 384, 768, 1024)}
+    assert rates == {128: 1e-3, 256: 4.5e-4, 384: 2e-4, 768: 5e-5, 1024: 2.8e-5}
+    c.optim.lr = 3e-4  # a rate given is the rate used
+    assert run_settings.learning_rate(c, 768) == (3e-4, "config.optim.lr")
+    c.optim.lr = -1e-3
+    with pytest.raises(config_lib.ConfigError, match="expected 0 < lr < 1, or 0 for the auto"):
+        run_settings.learning_rate(c, 768)
+
+
+def test_a_run_at_the_automatic_rate_trains_at_it_and_saves_0(tmp_path):
+    c = _config()
+    c.optim.lr, c.total_steps, c.eval_every, c.log_every, c.optim.warmup_steps = 0.0, 4, 4, 1, 0
+    classify.run(c, str(tmp_path / "a"))
+    with open(tmp_path / "a" / "metrics.jsonl") as f:
+        rows = [json.loads(line) for line in f if '"train"' in line]
+    # width 32: 5e-5 * (768 / 32)^2 = 2.9e-2, capped at 1e-3; linear decay from step 0
+    assert rows[0]["learning_rate"] == pytest.approx(1e-3, rel=1e-6)
+    assert features.latest_saved_config(str(tmp_path / "a"))["optim"]["lr"] == 0.0  # "auto"
