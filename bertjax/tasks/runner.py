@@ -222,6 +222,7 @@ def run(config: Any, workdir: str, family: Family, eval_only: bool = False,
     model_cfg = (config_lib.model_config(config) if eval_only  # as the workdir recorded it
                  else encoder.model_config_for(config))
     encoder.record_model(config, model_cfg)
+    lr, lr_source = run_settings.learning_rate(config, model_cfg.hidden_size)  # before writing
     with config.unlocked():
         config.tokenizer = tok.path  # saved with the checkpoint: eval_only needs no init_from
     if tok.vocab_size > model_cfg.vocab_size:
@@ -276,7 +277,6 @@ def run(config: Any, workdir: str, family: Family, eval_only: bool = False,
     os.makedirs(pred_dir, exist_ok=True)
     train.use_rng_impl(config.get("rng_impl", "threefry2x32"))  # dropout bits, as pre-training
     model = family.make_model(model_cfg)
-    lr, lr_source = run_settings.learning_rate(config, model_cfg.hidden_size)
     tx, schedule = optim.make_optimizer(run_settings.with_learning_rate(config, lr))
     if not eval_only:
         say(f"learning rate {lr:g} ({lr_source}), {config.total_steps} steps, warmup "

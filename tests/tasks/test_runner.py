@@ -152,3 +152,12 @@ def test_a_run_at_the_automatic_rate_trains_at_it_and_saves_0(tmp_path):
     # width 32: 5e-5 * (768 / 32)^2 = 2.9e-2, capped at 1e-3; linear decay from step 0
     assert rows[0]["learning_rate"] == pytest.approx(1e-3, rel=1e-6)
     assert features.latest_saved_config(str(tmp_path / "a"))["optim"]["lr"] == 0.0  # "auto"
+
+
+def test_a_negative_learning_rate_is_refused_before_anything_is_written(tmp_path):
+    c = _config()
+    c.optim.lr = -1e-3
+    with pytest.raises(config_lib.ConfigError, match="config.optim.lr=-0.001"):
+        classify.run(c, str(tmp_path / "a"))
+    assert not os.path.exists(tmp_path / "a" / "predictions")
+    assert not os.path.exists(tmp_path / "a" / "checkpoints")
