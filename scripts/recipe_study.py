@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -131,14 +130,15 @@ c.data.pairs_per_row = 1
 mesh = sharding.make_mesh(1, 1, 1)
 state, fns = train.build(c, mesh)
 state = loop.init_params_from({workdir!r}, state, fns.state_shardings)
-totals = {{}}
+totals, eval_fn = {{}}, None
 for s in range({draws}):
     c.seed = 1000 + s
     it = inputs.eval_iterator(c)
-    batch = next(iter(it))
-    like = {{k: np.zeros(v.shape, v.dtype) for k, v in batch.items()}}
-    sh = train.batch_shardings(fns, like)
-    ev = loop.evaluate(train.jit_eval_step(fns, like), state.params, it, sh)
+    if eval_fn is None:  # every draw has the same batch shapes: one compiled eval step
+        batch = next(iter(it))
+        like = {{k: np.zeros(v.shape, v.dtype) for k, v in batch.items()}}
+        sh, eval_fn = train.batch_shardings(fns, like), train.jit_eval_step(fns, like)
+    ev = loop.evaluate(eval_fn, state.params, it, sh)
     for k in ("mlm_accuracy", "nsp_accuracy", "mlm_loss"):
         if k in ev:
             totals[k] = totals.get(k, 0.0) + ev[k] / {draws}
