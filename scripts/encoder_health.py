@@ -119,7 +119,7 @@ def main() -> None:
     ap.add_argument("workdirs", nargs="+")
     ap.add_argument("--sentences", type=int, default=256)
     args = ap.parse_args()
-    for w in args.workdirs:
+    for w in map(os.path.abspath, args.workdirs):  # orbax reads absolute paths
         if not os.path.isdir(w):
             raise SystemExit(f"{w}: not a directory; give bertjax pre-training workdirs")
     import jax
@@ -133,7 +133,7 @@ def main() -> None:
 
     results = {}
     model = None
-    for w in args.workdirs:
+    for w in map(os.path.abspath, args.workdirs):  # orbax reads absolute paths
         saved = features.latest_saved_config(w)
         if saved is None:
             raise SystemExit(f"{w}: no saved run config; give a bertjax pre-training workdir")
