@@ -82,6 +82,7 @@ class WorkdirConfigError(ValueError):
 # Run-identity keys added after the first release, and the value older checkpoints ran with.
 ABSENT_MEANS = {"rng_impl": "threefry2x32", "model.scan_layers": False, "model.remat": "none",
                 "model.prune_last_layer": True,  # the same numbers as the whole layer
+                "model.tie_word_embeddings": True, "optim.embedding_lr": 0.0,
                 "data.pairs_per_row": 1, "data.examples_per_row": 1,
                 "pooling": "cls"}  # fine-tuned classifiers before the key read BERT's pooler
 

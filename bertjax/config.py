@@ -80,6 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.attention_impl = "auto"
     c.model.scan_layers = False  # one nn.scan over the layers: compiles much faster (bench, pods)
     c.model.remat = "none"  # none | full | dots: recompute layer activations in the backward
+    c.model.tie_word_embeddings = True  # False: the MLM decoder has its own [V, D] matrix
     c.model.prune_last_layer = True  # last layer only at masked positions and [CLS]s (same numbers)
 
     c.mesh = ml_collections.ConfigDict()
@@ -101,6 +102,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.eps = 1e-6
     c.optim.weight_decay = 0.01
     c.optim.clip_norm = 1.0
+    # 0: the embedding tables are optimised like every other weight. > 0: they take Adam's
+    # direction at this peak rate (same schedule), outside LAMB's trust ratio (bertjax/optim.py)
+    c.optim.embedding_lr = 0.0
 
     c.global_batch_size = 64
     c.accum_steps = 1
@@ -199,7 +203,8 @@ def model_config(config: ml_collections.ConfigDict) -> model_lib.BertConfig:
             attention_dropout=m.attention_dropout, hidden_act=m.hidden_act, dtype=m.dtype,
             param_dtype=m.param_dtype, attention_impl=m.attention_impl,
             scan_layers=bool(m.get("scan_layers", False)), remat=m.get("remat", "none"),
-            prune_last_layer=bool(m.get("prune_last_layer", True)))
+            prune_last_layer=bool(m.get("prune_last_layer", True)),
+            tie_word_embeddings=bool(m.get("tie_word_embeddings", True)))
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
@@ -240,6 +245,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, 
            f"config.max_predictions={config.max_predictions}; expected 1..max_seq_length "
            f"({config.max_seq_length})")
     check_rng_impl(config)
+    _check(config.optim.get("embedding_lr", 0.0) >= 0,
+           f"config.optim.embedding_lr={config.optim.get('embedding_lr')}; expected 0 (the "
+           "tables like every weight) or a positive peak rate for the embedding tables")
     _check(config.accum_steps >= 1, f"config.accum_steps={config.accum_steps}; expected >= 1")
     _check(config.total_steps >= 1, f"config.total_steps={config.total_steps}; expected >= 1")
     _check(config.global_batch_size >= 1,

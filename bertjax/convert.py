@@ -98,6 +98,7 @@ def hf_config_to_bert(hf_config: Mapping[str, Any], **overrides: Any) -> model_l
         hidden_act=_HF_ACTIVATIONS[act],
         layer_norm_eps=float(hf_config.get("layer_norm_eps", 1e-12)),
         initializer_range=float(hf_config.get("initializer_range", 0.02)),
+        tie_word_embeddings=bool(hf_config.get("tie_word_embeddings", True)),
     )
     fields.update(overrides)
     return model_lib.BertConfig(**fields)
@@ -128,7 +129,7 @@ def bert_to_hf_config(cfg: model_lib.BertConfig) -> dict[str, Any]:
         "layer_norm_eps": cfg.layer_norm_eps,
         "initializer_range": cfg.initializer_range,
         "position_embedding_type": "absolute",
-        "tie_word_embeddings": True,
+        "tie_word_embeddings": cfg.tie_word_embeddings,
     }
 
 
@@ -214,9 +215,11 @@ def param_mapping(cfg: model_lib.BertConfig) -> Iterator[Row]:
     yield from linear("cls.predictions.transform.dense", ("mlm", "transform"), d, d)
     yield from norm("cls.predictions.transform.LayerNorm", ("mlm", "transform_norm"))
     yield Row("cls.predictions.bias", ("mlm_bias",), Transform((v,), (v,), False))
-    # Tied copies: bertjax's decoder is Embed.attend on the word table plus mlm_bias.
-    yield Row("cls.predictions.decoder.weight", emb + ("word_embeddings", "embedding"),
-              Transform((v, d), (v, d), False))
+    # Tied copies: bertjax's decoder is Embed.attend on the word table (or, untied, its own
+    # mlm_decoder matrix) plus mlm_bias.
+    decoder = emb + ("word_embeddings", "embedding") if cfg.tie_word_embeddings else (
+        "mlm_decoder",)
+    yield Row("cls.predictions.decoder.weight", decoder, Transform((v, d), (v, d), False))
     yield Row("cls.predictions.decoder.bias", ("mlm_bias",), Transform((v,), (v,), False))
     yield from linear("cls.seq_relationship", ("nsp",), d, 2)
 

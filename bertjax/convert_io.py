@@ -175,6 +175,7 @@ def run_config_for(cfg: model_lib.BertConfig) -> Any:
                 "dtype", "param_dtype", "attention_impl"):
         m[key] = getattr(cfg, key)
     m.hidden_dropout, m.attention_dropout = cfg.hidden_dropout, cfg.attention_dropout
+    m.tie_word_embeddings = cfg.tie_word_embeddings
     for key in ("num_layers", "hidden_size", "num_heads", "intermediate_size"):
         m[key] = getattr(cfg, key)
     return c

@@ -66,6 +66,10 @@ class BertConfig:
       prune_last_layer: in pre-training, compute the last encoder layer only at the rows that
         are read (masked positions and [CLS]s; keys and values on every row): the same numbers
         for less work (``BertForPreTraining``). No effect with ``scan_layers``.
+      tie_word_embeddings: the MLM decoder is the word-embedding table (BERT's tied head). False
+        gives the decoder its own [vocab, hidden] matrix (``mlm_decoder``): the input embeddings
+        then move only where their tokens are read, not with every softmax (see
+        bench/results/downstream-2026-12-02). Exports write it as its own tensor.
     """
 
     vocab_size: int = 30522
@@ -86,6 +90,7 @@ class BertConfig:
     scan_layers: bool = False
     remat: str = "none"
     prune_last_layer: bool = True
+    tie_word_embeddings: bool = True
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
@@ -448,6 +453,9 @@ class BertForPreTraining(nn.Module):
         self.mlm = MlmHead(cfg)
         self.mlm_bias = self.param("mlm_bias", _zeros(("vocab",)), (cfg.vocab_size,),
                                    cfg.weight_dtype)
+        if not cfg.tie_word_embeddings:
+            self.mlm_decoder = self.param("mlm_decoder", _init(cfg, ("vocab", "embed")),
+                                          (cfg.vocab_size, cfg.hidden_size), cfg.weight_dtype)
         self.nsp = _dense(cfg, 2, ("embed", "classes"), ("classes",), "nsp")
 
     def __call__(self, input_ids: Array, input_mask: Array, segment_ids: Array,
@@ -482,7 +490,12 @@ class BertForPreTraining(nn.Module):
             out = jnp.take_along_axis(seq, rows[..., None], axis=1)
         picked, cls = out[:, :p], out[:, p:]  # [B, P, D], [B, M, D]
         h = self.mlm(picked)
-        logits = self.bert.attend(h).astype(jnp.float32) + self.mlm_bias.astype(jnp.float32)
+        if self.cfg.tie_word_embeddings:
+            logits = self.bert.attend(h)
+        else:
+            dtype = self.cfg.compute_dtype
+            logits = jnp.dot(h.astype(dtype), self.mlm_decoder.astype(dtype).T)
+        logits = logits.astype(jnp.float32) + self.mlm_bias.astype(jnp.float32)
         pooled = self.bert.pool(cls if next_sentence_positions is not None else cls[:, 0])
         nsp_logits = self.nsp(pooled).astype(jnp.float32)  # [B, 2] or [B, M, 2]
         return logits, nsp_logits  # [B, P, V], [B, (M,) 2]

@@ -27,6 +27,12 @@ def decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(lambda p, _: not is_excluded(p), params)
 
 
+def is_embedding_table(path: tuple[Any, ...]) -> bool:
+    """True for the word, position and token-type embedding tables (by their tree path)."""
+    keys = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+    return len(keys) >= 2 and keys[-1] == "embedding" and keys[-2].endswith("_embeddings")
+
+
 def learning_rate_schedule(lr: float, total_steps: int, warmup_steps: int,
                            end_lr: float = 0.0, power: float = 1.0) -> optax.Schedule:
     """Linear warmup from 0 to ``lr`` over ``warmup_steps``, then polynomial decay to ``end_lr``
@@ -43,7 +49,7 @@ def make_optimizer(config: Any) -> tuple[optax.GradientTransformation, optax.Sch
 
     Args:
       config: run config with optim.{name, lr, end_lr, warmup_steps, power, b1, b2, eps,
-        weight_decay, clip_norm} and total_steps.
+        weight_decay, clip_norm, embedding_lr (optional)} and total_steps.
 
     Returns:
       (the optax transformation, the learning-rate schedule for logging).
@@ -56,10 +62,22 @@ def make_optimizer(config: Any) -> tuple[optax.GradientTransformation, optax.Sch
         parts.append(optax.clip_by_global_norm(o.clip_norm))
     parts.append(optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps))
     parts.append(optax.add_decayed_weights(o.weight_decay, mask=decay_mask))
+    # embedding_lr > 0: the embedding tables take Adam's direction (and their decay) at their
+    # own peak rate on the same schedule, outside LAMB's trust ratio, which would otherwise make
+    # each of their steps a fixed fraction of their norm, so that they grow geometrically.
+    table_lr = o.get("embedding_lr", 0.0)
     if o.name == "lamb":
+        ratio_mask = decay_mask
+        if table_lr:
+            ratio_mask = lambda params: jax.tree_util.tree_map_with_path(  # noqa: E731
+                lambda p, _: not is_excluded(p) and not is_embedding_table(p), params)
         # Stateless, so the masked wrapper keeps no state; excluded leaves pass through (ratio 1).
-        parts.append(optax.masked(optax.scale_by_trust_ratio(), decay_mask))
+        parts.append(optax.masked(optax.scale_by_trust_ratio(), ratio_mask))
     elif o.name != "adamw":
         raise ValueError(f"config.optim.name={o.name!r}; expected 'lamb' or 'adamw'")
+    if table_lr:
+        tables = lambda params: jax.tree_util.tree_map_with_path(  # noqa: E731
+            lambda p, _: is_embedding_table(p), params)
+        parts.append(optax.masked(optax.scale(table_lr / o.lr), tables))
     parts.append(optax.scale_by_learning_rate(schedule))
     return optax.chain(*parts), schedule

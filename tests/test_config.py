@@ -50,6 +50,7 @@ def test_two_phase_recipe():
     ({"optim.lr": 5.0}, 8, "config.optim.lr=5.0"),
     ({"model.hidden_dropout": 1.5}, 8, "model.hidden_dropout=1.5"),
     ({"optim.warmup_steps": 10**9}, 8, "warmup_steps"),
+    ({"optim.embedding_lr": -1e-3}, 8, "config.optim.embedding_lr=-0.001"),
 ])
 def test_invalid_configs_name_the_value(overrides, devices, message):
     c = config_lib.base_config()

@@ -182,10 +182,12 @@ def _tiny_run_config():
     return c
 
 
-@pytest.fixture(scope="module")
-def trained_workdir(tmp_path_factory):
-    """A tiny pre-training workdir: 3 real train steps, saved like the loop saves."""
+@pytest.fixture(scope="module", params=[True, False], ids=["tied", "untied"])
+def trained_workdir(request, tmp_path_factory):
+    """A tiny pre-training workdir: 3 real train steps, saved like the loop saves; the MLM
+    decoder tied to the word embeddings (BERT's head) or its own matrix."""
     c = _tiny_run_config()
+    c.model.tie_word_embeddings = request.param
     mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
     state, fns = train.build(c, mesh)
     init_params = jax.tree.map(np.asarray, state.params)
@@ -222,6 +224,10 @@ def test_trained_model_exports_to_transformers_and_imports_back_bitwise(trained_
     ref_mlm = np.take_along_axis(full.prediction_logits.numpy(),
                                  batch["masked_lm_positions"][..., None], axis=1)
     ref_nsp = full.seq_relationship_logits.numpy()
+    decoder = hf.cls.predictions.decoder.weight.detach().numpy()
+    words = hf.bert.embeddings.word_embeddings.weight.detach().numpy()
+    assert hf.config.tie_word_embeddings == cfg.tie_word_embeddings
+    assert np.array_equal(decoder, words) == cfg.tie_word_embeddings  # untied: its own tensor
     mlm, nsp = jax.jit(lambda p, b: model.BertForPreTraining(cfg).apply(
         {"params": p}, b["input_ids"], b["input_mask"], b["segment_ids"],
         b["masked_lm_positions"]))(params, batch)

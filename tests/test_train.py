@@ -113,6 +113,34 @@ def test_lamb_excludes_biases_and_layernorm_from_decay_and_trust_ratio():
                                         "output_norm": {"scale": False}}
 
 
+@pytest.mark.parametrize("name", ["lamb", "adamw"])
+def test_embedding_lr_gives_the_tables_their_own_rate_outside_the_trust_ratio(name):
+    c = _config(**{"optim.clip_norm": 0.0, "optim.warmup_steps": 0, "optim.lr": 0.1,
+                   "optim.weight_decay": 0.5, "optim.name": name, "optim.embedding_lr": 0.004})
+    tx, _ = optim.make_optimizer(c)
+    rng = np.random.default_rng(0)
+    f32 = lambda *shape: rng.normal(size=shape).astype(np.float32)  # noqa: E731
+    params = {"embeddings": {"word_embeddings": {"embedding": f32(6, 3)},
+                             "position_embeddings": {"embedding": f32(5, 3)},
+                             "layer_norm": {"scale": f32(3)}},
+              "dense": {"kernel": f32(4, 3)}}
+    grads = jax.tree.map(lambda p: f32(*p.shape), params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    for table in ("word_embeddings", "position_embeddings"):
+        w, g = params["embeddings"][table]["embedding"], grads["embeddings"][table]["embedding"]
+        want = -0.004 * (_adam_direction(g) + 0.5 * w)  # decayed, no trust ratio, own rate
+        np.testing.assert_allclose(np.asarray(updates["embeddings"][table]["embedding"]), want,
+                                   rtol=1e-4)
+    ln = -0.1 * _adam_direction(grads["embeddings"]["layer_norm"]["scale"])  # untouched
+    np.testing.assert_allclose(np.asarray(updates["embeddings"]["layer_norm"]["scale"]), ln,
+                               rtol=1e-5)
+    w, g = params["dense"]["kernel"], grads["dense"]["kernel"]
+    u = _adam_direction(g) + 0.5 * w
+    ratio = np.linalg.norm(w) / np.linalg.norm(u) if name == "lamb" else 1.0
+    np.testing.assert_allclose(np.asarray(updates["dense"]["kernel"]), -0.1 * ratio * u,
+                               rtol=1e-4, atol=1e-6 * np.abs(u).max())  # f32; one entry near 0
+
+
 def test_schedule_warms_up_then_decays_polynomially():
     sched = optim.learning_rate_schedule(1.0, total_steps=110, warmup_steps=10, power=1.0)
     assert float(sched(0)) == 0.0
