@@ -212,11 +212,16 @@ def test_restore_onto_other_meshes(tmp_path):
 def test_init_from_takes_parameters_with_a_fresh_optimizer(straight):
     phase1 = straight
     from bertjax import loop
+    from bertjax.tasks import features
     c = _tiny_config()
     c.model.vocab_size = 1000
+    # the same model as the run's (its decoder tied or not, as configs/bert_tiny.py says)
+    c.model.tie_word_embeddings = features.latest_saved_config(phase1)["model"][
+        "tie_word_embeddings"]
     state, fns = train.build(c, sharding.make_mesh(8, 1, 1))
     state = loop.init_params_from(phase1, state, fns.state_shardings)
     _, p1 = _final_params(phase1)
+    assert jax.tree.structure(p1) == jax.tree.structure(state.params)
     for x, y in zip(jax.tree.leaves(p1), jax.tree.leaves(state.params)):
         assert np.array_equal(np.asarray(x), np.asarray(y))
     assert int(state.step) == 0
