@@ -16,9 +16,13 @@ import jax
 import optax
 
 
+def _names(path: tuple[Any, ...]) -> list[str]:
+    return [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+
+
 def is_excluded(path: tuple[Any, ...]) -> bool:
     """True for biases and LayerNorm parameters (by their tree path)."""
-    keys = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+    keys = _names(path)
     return keys[-1] == "bias" or keys[-1] == "mlm_bias" or any("norm" in k.lower() for k in keys)
 
 
@@ -29,7 +33,7 @@ def decay_mask(params: Any) -> Any:
 
 def is_embedding_table(path: tuple[Any, ...]) -> bool:
     """True for the word, position and token-type embedding tables (by their tree path)."""
-    keys = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+    keys = _names(path)
     return len(keys) >= 2 and keys[-1] == "embedding" and keys[-2].endswith("_embeddings")
 
 
@@ -66,18 +70,17 @@ def make_optimizer(config: Any) -> tuple[optax.GradientTransformation, optax.Sch
     # own peak rate on the same schedule, outside LAMB's trust ratio, which would otherwise make
     # each of their steps a fixed fraction of their norm, so that they grow geometrically.
     table_lr = o.get("embedding_lr", 0.0)
+
+    def mask(keep):  # a mask function over the parameter tree, from a predicate on paths
+        return lambda params: jax.tree_util.tree_map_with_path(lambda p, _: keep(p), params)
+
     if o.name == "lamb":
-        ratio_mask = decay_mask
-        if table_lr:
-            ratio_mask = lambda params: jax.tree_util.tree_map_with_path(  # noqa: E731
-                lambda p, _: not is_excluded(p) and not is_embedding_table(p), params)
+        ratio = mask(lambda p: not is_excluded(p) and not (table_lr and is_embedding_table(p)))
         # Stateless, so the masked wrapper keeps no state; excluded leaves pass through (ratio 1).
-        parts.append(optax.masked(optax.scale_by_trust_ratio(), ratio_mask))
+        parts.append(optax.masked(optax.scale_by_trust_ratio(), ratio))
     elif o.name != "adamw":
         raise ValueError(f"config.optim.name={o.name!r}; expected 'lamb' or 'adamw'")
     if table_lr:
-        tables = lambda params: jax.tree_util.tree_map_with_path(  # noqa: E731
-            lambda p, _: is_embedding_table(p), params)
-        parts.append(optax.masked(optax.scale(table_lr / o.lr), tables))
+        parts.append(optax.masked(optax.scale(table_lr / o.lr), mask(is_embedding_table)))
     parts.append(optax.scale_by_learning_rate(schedule))
     return optax.chain(*parts), schedule

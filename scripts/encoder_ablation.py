@@ -114,7 +114,14 @@ def main() -> None:
     from bertjax import convert_io
     from bertjax import model as model_lib
 
-    _, cfg, step = convert_io.load_workdir_params(src)
+    from bertjax import checkpoint as ckpt_lib
+
+    ckpt = ckpt_lib.Checkpointer(root, every=1, async_save=False)
+    step = ckpt.latest_step()  # the newest finished step
+    cfg = convert_io.workdir_model_config(src, ckpt.saved_config(step))
+    ckpt.close()
+    if cfg.scan_layers:  # checked before anything is written
+        raise SystemExit(f"{args.src} was trained with scan_layers; ablation reads per-layer runs")
     ids = np.zeros((1, 8), np.int32)
     fresh = flax.linen.meta.unbox(model_lib.BertForPreTraining(cfg).init(
         jax.random.key(args.seed), ids, np.ones_like(ids), ids, np.zeros((1, 1), np.int32))
@@ -127,9 +134,6 @@ def main() -> None:
     shutil.copytree(os.path.join(root, str(step)), os.path.join(tmp, "checkpoints", str(step)))
     state_dir = os.path.join(tmp, "checkpoints", str(step), "state")
     tree = ocp.PyTreeCheckpointer().restore(state_dir)
-    if cfg.scan_layers or "layers" in tree["params"]["bert"]:
-        shutil.rmtree(tmp)
-        raise SystemExit(f"{args.src} was trained with scan_layers; ablation reads per-layer runs")
     tree["params"]["bert"] = ablate(tree["params"]["bert"], fresh, reset, args.scale_word,
                                     args.scale_inputs)
     shutil.rmtree(state_dir)
