@@ -209,7 +209,7 @@ def test_restore_onto_other_meshes(tmp_path):
     ck.close()
 
 
-def test_init_from_takes_parameters_with_a_fresh_optimizer(straight):
+def test_init_from_takes_parameters_with_a_fresh_optimizer(straight, monkeypatch):
     phase1 = straight
     from bertjax import loop
     from bertjax.tasks import features
@@ -219,7 +219,9 @@ def test_init_from_takes_parameters_with_a_fresh_optimizer(straight):
     c.model.tie_word_embeddings = features.latest_saved_config(phase1)["model"][
         "tie_word_embeddings"]
     state, fns = train.build(c, sharding.make_mesh(8, 1, 1))
-    state = loop.init_params_from(phase1, state, fns.state_shardings)
+    # given as the README's phase-2 command gives it: relative to the current directory
+    monkeypatch.chdir(os.path.dirname(phase1))
+    state = loop.init_params_from(os.path.basename(phase1), state, fns.state_shardings)
     _, p1 = _final_params(phase1)
     assert jax.tree.structure(p1) == jax.tree.structure(state.params)
     for x, y in zip(jax.tree.leaves(p1), jax.tree.leaves(state.params)):
