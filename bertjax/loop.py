@@ -335,7 +335,8 @@ def run(config: Any, workdir: str, allow_config_change: bool = False) -> dict[st
             "eval loss": f"{last_eval['loss']:.4f}",
             "eval MLM accuracy": f"{last_eval['mlm_accuracy']:.4f}",
             "most-frequent-token acc.": f"{result['majority_baseline']:.4f}",
-            "eval NSP accuracy": f"{last_eval.get('nsp_accuracy', float('nan')):.4f}",
+            "eval NSP accuracy": (f"{last_eval['nsp_accuracy']:.4f}" if "nsp_accuracy" in last_eval
+                                  else "not trained (config.nsp=False: MLM only)"),
             "throughput": f"{result['tokens_per_s']:,.0f} tokens/s, "
                           f"{result['real_tokens_per_s']:,.0f} of them not padding "
                           f"({100 * result['padding_share']:.1f}% padding)",

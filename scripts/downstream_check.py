@@ -18,9 +18,13 @@ Tasks (every sentence 8-40 words, mostly letters; train and dev share no sentenc
 Usage:
   python scripts/downstream_check.py --init_from=runs/bert_tiny --workdir=runs/downstream \\
       [--tasks=topic25,replaced,pairs,order] [--lrs=default,3e-4] [--poolings=default]
-      [--seed=0]
+      [--seeds=0,1,2] [--data_seed=0]
 
-Prints one line per task and learning rate: pre-trained, scratch, difference; writes
+The task data are drawn once (``--data_seed``); every fine-tuning seed (``--seeds``: head
+initialisation, the scratch model's initialisation, example order) fine-tunes both arms on the
+same data. Prints one line per task, learning rate and seed (pre-trained, scratch, difference),
+then per task and rate the mean difference over the seeds with its standard error, beside the
+dev set's majority-class rate (a classifier that learnt nothing scores that); writes
 ``WORKDIR/summary.json``.
 """
 
@@ -182,7 +186,15 @@ def build_tasks(directory: str, seed: int) -> dict[str, dict]:
     return out
 
 
-def finetune(args, task: str, spec: dict | None, lr: str, pooling: str, workdir: str) -> dict:
+def majority_rate(dev_tsv: str) -> float:
+    """The share of the dev set's most frequent label (the last column)."""
+    with open(dev_tsv, encoding="utf-8") as f:
+        labels = [line.rstrip("\n").split("\t")[-1] for line in f][1:]
+    return max(collections.Counter(labels).values()) / len(labels)
+
+
+def finetune(args, task: str, spec: dict | None, lr: str, pooling: str, workdir: str,
+             seed: int) -> dict:
     py = sys.executable
     if task == "order":
         cmd = [py, "-m", "bertjax.finetune", "--config=configs/demo.py"]
@@ -194,7 +206,7 @@ def finetune(args, task: str, spec: dict | None, lr: str, pooling: str, workdir:
         if spec["text_b"]:
             cmd.append(f"--config.data.text_b={spec['text_b']}")
     cmd += [f"--config.init_from={args.init_from}", "--config.compare_scratch=True",
-            f"--config.seed={args.seed}", f"--workdir={workdir}", "--config.tensorboard=False",
+            f"--config.seed={seed}", f"--workdir={workdir}", "--config.tensorboard=False",
             "--config.progress_bar=False", "--overwrite"]
     if lr != "default":
         cmd.append(f"--config.optim.lr={lr}")
@@ -223,8 +235,14 @@ def main():
     ap.add_argument("--lrs", default="default,3e-4")
     ap.add_argument("--poolings", default="default",
                     help="comma-separated: default (the config's), mean, cls")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default="0",
+                    help="comma-separated fine-tuning seeds (both arms, same data)")
+    ap.add_argument("--data_seed", type=int, default=0, help="draws the tasks' examples")
     args = ap.parse_args()
+    try:
+        seeds = [int(x) for x in args.seeds.split(",")]
+    except ValueError:
+        raise SystemExit(f"--seeds={args.seeds}: expected comma-separated integers, e.g. 0,1,2")
     if not os.path.exists(args.init_from):
         raise SystemExit(f"--init_from={args.init_from} does not exist; give a pre-training "
                          "workdir (python -m bertjax.pretrain writes runs/bert_tiny)")
@@ -233,23 +251,42 @@ def main():
     if unknown:
         raise SystemExit(f"--tasks: unknown {sorted(unknown)}; expected topic25, replaced, "
                          "pairs, order")
-    specs = build_tasks(args.workdir, args.seed)
+    specs = build_tasks(args.workdir, args.data_seed)
     print(f"corpus: {specs['_packages']['sentences']} sentences from "
           f"{specs['_packages']['packages']} packages in {specs['_packages']['site']}",
           flush=True)
-    results = []
+    results, summary = [], []
     for task in tasks:
         for pooling in args.poolings.split(","):
             for lr in args.lrs.split(","):
-                wd = os.path.join(args.workdir, f"{task}-lr{lr}-{pooling}-s{args.seed}")
-                r = finetune(args, task, specs.get(task), lr, pooling, wd)
-                r.update(task=task, lr=lr, pooling=pooling, seed=args.seed)
-                results.append(r)
-                print(f"{task:9s} lr {lr:8s} pooling {pooling:8s} {r['headline']} pre-trained "
-                      f"{r['pretrained']:.4f}  scratch {r['scratch']:.4f}  difference "
-                      f"{r['pretrained'] - r['scratch']:+.4f}  ({r['steps']} steps)", flush=True)
+                diffs = []
+                for seed in seeds:
+                    wd = os.path.join(args.workdir, f"{task}-lr{lr}-{pooling}-s{seed}")
+                    r = finetune(args, task, specs.get(task), lr, pooling, wd, seed)
+                    r.update(task=task, lr=lr, pooling=pooling, seed=seed)
+                    results.append(r)
+                    diffs.append(r["pretrained"] - r["scratch"])
+                    print(f"{task:9s} lr {lr:8s} pooling {pooling:8s} seed {seed}  "
+                          f"{r['headline']} pre-trained {r['pretrained']:.4f}  scratch "
+                          f"{r['scratch']:.4f}  difference {diffs[-1]:+.4f}  "
+                          f"({r['steps']} steps)", flush=True)
+                dev = specs[task]["dev"] if task in specs else os.path.join(
+                    wd, "data", "dev.tsv")
+                row = dict(task=task, lr=lr, pooling=pooling, seeds=seeds,
+                           mean_difference=float(np.mean(diffs)),
+                           standard_error=(float(np.std(diffs, ddof=1) / np.sqrt(len(diffs)))
+                                           if len(diffs) > 1 else None),
+                           majority=majority_rate(dev) if os.path.exists(dev) else None)
+                summary.append(row)
+    print("task      lr       pooling  seeds  mean difference (s.e.)  dev majority rate")
+    for r in summary:
+        se = f"({r['standard_error']:.4f})" if r["standard_error"] is not None else "(-)"
+        maj = f"{r['majority']:.3f}" if r["majority"] is not None else "-"
+        print(f"{r['task']:9s} {r['lr']:8s} {r['pooling']:8s} {len(r['seeds']):5d}  "
+              f"{r['mean_difference']:+.4f} {se:10s}  {maj}")
     with open(os.path.join(args.workdir, "summary.json"), "w") as f:
-        json.dump({"init_from": args.init_from, "results": results}, f, indent=1)
+        json.dump({"init_from": args.init_from, "results": results, "summary": summary}, f,
+                  indent=1)
 
 
 if __name__ == "__main__":
