@@ -117,6 +117,13 @@ def config_to_json(config: Any) -> dict:
     return json.loads(json.dumps(config.to_dict(), default=list))
 
 
+def absolute(path: Any) -> str:
+    """``path`` as orbax needs it: absolute (a relative one reads no checkpoint metadata).
+    gs:// and other URLs are absolute already."""
+    path = os.fspath(path)
+    return path if "://" in path else os.path.abspath(path)
+
+
 class Checkpointer:
     """A CheckpointManager for one run directory.
 
@@ -130,9 +137,7 @@ class Checkpointer:
 
     def __init__(self, directory: str, every: int, keep: int = 3,
                  keep_period: int | None = None, async_save: bool = True):
-        directory = os.fspath(directory)
-        # orbax wants absolute paths; gs:// and other URLs are absolute already
-        self.directory = directory if "://" in directory else os.path.abspath(directory)
+        self.directory = absolute(directory)
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=max(every, 1), max_to_keep=keep, keep_period=keep_period,
             enable_async_checkpointing=async_save, create=True)

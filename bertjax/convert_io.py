@@ -295,7 +295,7 @@ def load_workdir_params(workdir: str) -> tuple[Any, model_lib.BertConfig, int]:
 
     from bertjax import checkpoint as ckpt_lib
 
-    workdir = workdir if "://" in workdir else os.path.abspath(workdir)  # orbax: absolute
+    workdir = ckpt_lib.absolute(workdir)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(ckpt_dir):
         raise ConvertError(f"--input={workdir} has no checkpoints/; give a bertjax workdir "

@@ -12,7 +12,6 @@ This module never imports TensorFlow.
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any
 
 import jax
@@ -23,18 +22,11 @@ from bertjax import config as config_lib
 from bertjax import model as model_lib
 
 
-def _absolute(path: Any) -> str:
-    """orbax reads a checkpoint's metadata only by absolute path (a relative one gives no
-    metadata at all); URLs such as gs://... are absolute already."""
-    path = str(path)
-    return path if "://" in path else os.path.abspath(path)
-
-
 def saved_params(state_dir: Any) -> Any:
     """The tree of parameter metadata (shapes) in a checkpoint's ``state`` item."""
     import orbax.checkpoint as ocp
 
-    meta = ocp.PyTreeCheckpointer().metadata(_absolute(state_dir))
+    meta = ocp.PyTreeCheckpointer().metadata(ckpt_lib.absolute(state_dir))
     return getattr(meta, "item_metadata", meta)["params"]
 
 
@@ -108,7 +100,7 @@ def restore(state_dir: Any, params: Any, shardings: Any, where: str) -> Any:
     """
     import orbax.checkpoint as ocp
 
-    state_dir = _absolute(state_dir)
+    state_dir = ckpt_lib.absolute(state_dir)
     saved = saved_params(state_dir)
     load, load_sh, convert = dict(params), dict(shardings), None
     if "bert" in params and isinstance(saved.get("bert"), dict):

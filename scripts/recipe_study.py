@@ -79,9 +79,9 @@ SETTINGS: dict[str, tuple[str, list[str], float]] = {
                + ["--config.data.mask_rate=0.25", "--config.max_predictions=8"], 0.06),
     "onecycle": ("default, one-cycle: warmup 40% of the steps, then linear decay",
                  BASE + SEQ32 + LAMB + NODROP + UNTIED, 0.4),
-    "dropout": ("default, dropout 0.1", BASE + SEQ32 + LAMB + DROP + UNTIED, 0.06),
     "emb3e-4": ("default, the embedding tables' peak rate 3e-4 (not 1e-3)",
-                BASE + SEQ32 + LAMB + NODROP + UNTIED[1:] + ["--config.optim.embedding_lr=3e-4"],
+                BASE + SEQ32 + LAMB + NODROP
+                + ["--config.optim.embedding_lr=3e-4", "--config.model.tie_word_embeddings=False"],
                 0.06),
     "mini": ("default with the mini preset (4 layers, 256 wide) at equal time",
              BASE + SEQ32 + LAMB + NODROP + UNTIED + ["--config.model.preset=mini"], 0.06),
