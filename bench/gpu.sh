@@ -26,7 +26,7 @@
 # hence 48). Results: $OUT/bench_gpu.json and $OUT/bench_gpu.log when
 # OUT is set, else runs/bench_gpu/; --profile traces 3 extra steps of the first run (or of
 # every run matching REGEX) with jax.profiler, prints where the device time goes
-# (bertjax/bench_profile.py) and keeps the Perfetto traces in $OUT/profile.tgz.
+# (bertjax/bench/profile.py) and keeps the Perfetto traces in $OUT/profile.tgz.
 #
 # Time: XLA's compile dominates (seen on an H200 with jax 0.11.2: BERT-base 35 s, BERT-large
 # 59 s per configuration; steps are 0.2-0.5 s), so runs that would start after --budget_s
@@ -207,7 +207,7 @@ for name, r in runs.items():
     print(f"{name:<32}{s['batch']:>6}{s['seq_len']:>5}{1e3 * r['step_time_s']:>9.1f}"
           f"{r['tokens_per_s']:>11,.0f}{mfu:>7}{100 * r['fraction_of_measured_matmul']:>7.1f}%"
           f"{(mem or 0) / 2**30:>8.1f}{r['compile_s']:>10.1f}")
-print(f"MFU: model FLOPs (bertjax/bench.py model_flops) / step time / "
+print(f"MFU: model FLOPs (bertjax/bench/flops.py model_flops) / step time / "
       f"{next((r['peak_reference'] for r in runs.values() if 'peak_reference' in r), '?')}")
 print("wrote", path)
 EOF

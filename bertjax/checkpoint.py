@@ -30,6 +30,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from bertjax import multihost, rundir
+
 # Keys that define a run: a workdir whose saved config differs in these is refused on resume.
 # Everything else (mesh, total_steps, cadences, accumulation) may change between restarts.
 RUN_IDENTITY_KEYS = ("model", "optim", "global_batch_size", "max_seq_length", "max_predictions",
@@ -51,13 +53,13 @@ class DataIteratorHandler(ocp.CheckpointHandler):
 
     def save(self, directory: epath.Path, args: DataSave) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        index, count = jax.process_index(), jax.process_count()
+        index, count = multihost.process_index(), multihost.process_count()
         args.iterator.save(os.fspath(directory / f"host_{index}"))
         if index == 0:
             (directory / "hosts.json").write_text(json.dumps({"process_count": count}))
 
     def restore(self, directory: epath.Path, args: DataRestore) -> Any:
-        index, count = jax.process_index(), jax.process_count()
+        index, count = multihost.process_index(), multihost.process_count()
         meta = directory / "hosts.json"
         saved = json.loads(meta.read_text())["process_count"] if meta.exists() else None
         if saved != count:
@@ -79,30 +81,22 @@ class WorkdirConfigError(ValueError):
     """The workdir holds a run whose config differs from the requested one."""
 
 
-# Run-identity keys added after the first release, and the value older checkpoints ran with.
-ABSENT_MEANS = {"rng_impl": "threefry2x32", "model.scan_layers": False, "model.remat": "none",
-                "model.prune_last_layer": True,  # the same numbers as the whole layer
-                "model.tie_word_embeddings": True, "optim.embedding_lr": 0.0,
-                "data.pairs_per_row": 1, "data.examples_per_row": 1,
-                "pooling": "cls"}  # fine-tuned classifiers before the key read BERT's pooler
-
-
 def config_differences(saved: dict, current: dict, keys=RUN_IDENTITY_KEYS) -> list[str]:
-    """Lists 'key: saved -> current' for run-identity keys that differ (dotted paths)."""
+    """Lists 'key: saved -> current' for run-identity keys that differ (dotted paths).
+
+    ``saved`` is upgraded (rundir.upgrade: keys it predates hold the values its run used), as
+    ``saved_config`` returns it."""
     diffs = []
 
     def walk(a, b, prefix):
         if isinstance(a, dict) and isinstance(b, dict):
             for k in sorted(set(a) | set(b)):
-                walk(a.get(k, ABSENT_MEANS.get(f"{prefix}{k}", "<absent>")),
-                     b.get(k, "<absent>"), f"{prefix}{k}.")
+                walk(a.get(k, "<absent>"), b.get(k, "<absent>"), f"{prefix}{k}.")
         elif _normal(a) != _normal(b):
             diffs.append(f"{prefix[:-1]}: {a!r} -> {b!r}")
 
     for key in keys:
-        # A checkpoint written before a key existed ran with that key's original default.
-        walk(saved.get(key, ABSENT_MEANS.get(key, "<absent>")), current.get(key, "<absent>"),
-             f"{key}.")
+        walk(saved.get(key, "<absent>"), current.get(key, "<absent>"), f"{key}.")
     return diffs
 
 
@@ -115,13 +109,6 @@ def _normal(x):
 def config_to_json(config: Any) -> dict:
     """A JSON-able dict of a ConfigDict (tuples become lists)."""
     return json.loads(json.dumps(config.to_dict(), default=list))
-
-
-def absolute(path: Any) -> str:
-    """``path`` as orbax needs it: absolute (a relative one reads no checkpoint metadata).
-    gs:// and other URLs are absolute already."""
-    path = os.fspath(path)
-    return path if "://" in path else os.path.abspath(path)
 
 
 class Checkpointer:
@@ -137,7 +124,7 @@ class Checkpointer:
 
     def __init__(self, directory: str, every: int, keep: int = 3,
                  keep_period: int | None = None, async_save: bool = True):
-        self.directory = absolute(directory)
+        self.directory = rundir.absolute(directory)
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=max(every, 1), max_to_keep=keep, keep_period=keep_period,
             enable_async_checkpointing=async_save, create=True)
@@ -148,15 +135,12 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def saved_config(self, step: int | None = None) -> dict | None:
-        """The config stored with a step (default: the latest), or None if there is none."""
+        """The config stored with a step (default: the latest), upgraded (rundir.upgrade), or
+        None if there is none."""
         step = self.latest_step() if step is None else step
         if step is None:
             return None
-        path = epath.Path(self.directory) / str(step) / "config" / "metadata"
-        if not path.exists():  # orbax's JSON handler file name; fall back to a restore
-            return self.manager.restore(step, args=ocp.args.Composite(
-                config=ocp.args.JsonRestore()))["config"]
-        return json.loads(path.read_text())
+        return rundir.read_config(epath.Path(self.directory) / str(step))
 
     def save(self, step: int, state: Any, config: Any, iterator: Any | None = None,
              force: bool = False) -> bool:

@@ -1,7 +1,27 @@
-"""Shared command-line plumbing: flag parsing that turns every config mistake into one line.
+"""Shared command-line plumbing: every command (pretrain, finetune, glue, embed, prepare,
+convert) starts the same way, and every input mistake ends it with one line.
+
+The shape of a command module::
+
+    # module docstring: what it does and its usage (absl prints it on a usage error)
+    _CONFIG = cli.define_config_file("x.py", "...")  # the shared flags first: --config where
+    _START_CLUSTER = cli.define_cluster_flags()      # it takes one, cluster flags where it runs
+    _DEBUG = cli.define_debug_flag()                 # in several processes, --debug always
+    _WORKDIR = flags.DEFINE_string(...)              # then the command's own
+
+    def main(argv):
+        cli.start(argv)                # stray arguments are a usage error; TensorFlow kept quiet
+        from bertjax import library    # after flag parsing: jax starts here
+        with cli.input_errors(_DEBUG.value, library.SomeError):
+            _START_CLUSTER()           # multi-process commands
+            library.run(cli.config_value(_CONFIG), _WORKDIR.value)
+
+    if __name__ == "__main__":
+        cli.run(main)
 
 absl's default parser lets a misspelled ``--config.key`` escape as a traceback; ``parse_flags``
-catches it and prints ``error: ...`` naming the flag, what was expected and how to fix it.
+catches it and prints ``error: ...`` naming the flag, what was expected and how to fix it, and
+``input_errors`` does the same for config, data and cluster errors raised while running.
 """
 
 from __future__ import annotations
@@ -12,7 +32,7 @@ import re
 import sys
 from typing import Callable, Iterator
 
-from absl import app, flags
+from absl import app, flags, logging
 
 
 def _config_flag(argv: list[str], message: str) -> str:
@@ -42,6 +62,13 @@ def define_config(default: str, name: str = "config", **kwargs):
     override is reported in one line instead of a traceback at import."""
     from ml_collections import config_flags
     return _guard(lambda: config_flags.DEFINE_config_file(name, default, **kwargs), sys.argv)
+
+
+def define_config_file(file_name: str, help_string: str):
+    """A command's --config flag: a config file, by default ``configs/<file_name>`` of this
+    checkout, locked (an override may only set a key the file has)."""
+    default = os.path.join(os.path.dirname(__file__), os.pardir, "configs", file_name)
+    return define_config(os.path.normpath(default), help_string=help_string, lock_config=True)
 
 
 def _guard(fn, argv: list[str]):
@@ -80,15 +107,21 @@ def config_value(holder) -> object:
         fail(f"--config: {e}")
 
 
-def define_cluster_flags() -> Callable[[], tuple[str | None, int | None, int | None]]:
+def define_cluster_flags() -> Callable[..., None]:
     """Defines --coordinator_address, --num_processes and --process_id (multi-process runs;
-    auto-detected when left out) and returns a function giving their parsed values, in the
-    order multihost.initialize takes them."""
+    auto-detected when left out) and returns a function that starts the distributed runtime
+    with their values: ``multihost.initialize``, to which its keyword arguments (``timeout_s``)
+    are passed on. Call it inside ``input_errors``: a cluster that cannot start is one line."""
     coord = flags.DEFINE_string("coordinator_address", None,
                                 "host:port of process 0 (multi-process runs; else auto-detected).")
     nproc = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
     proc_id = flags.DEFINE_integer("process_id", None, "This process's index.")
-    return lambda: (coord.value, nproc.value, proc_id.value)
+
+    def initialize(**kwargs) -> None:
+        from bertjax import multihost  # here: importing it starts JAX
+        multihost.initialize(coord.value, nproc.value, proc_id.value, **kwargs)
+
+    return initialize
 
 
 def define_debug_flag():
@@ -104,16 +137,31 @@ def start(argv: list[str], hint: str = "use --config.key=value") -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+# The input errors of the library: (module, class). Only modules already imported are looked at:
+# one that is not loaded cannot have raised, and importing bertjax.config or bertjax.multihost
+# would start JAX in a command that never needs it (prepare).
+_INPUT_ERRORS = (("bertjax.config", "ConfigError"), ("bertjax.data.errors", "DataError"),
+                 ("bertjax.multihost", "ClusterError"),
+                 ("bertjax.train", "NonFiniteError"))  # a run of skipped steps, in any loop
+
+
 @contextlib.contextmanager
 def input_errors(debug: bool, *more: type[BaseException]) -> Iterator[None]:
-    """Inside: a config, data or cluster error (or one of ``more``) ends the program with one
-    ``error:`` line and exit 2; ``debug`` lets the traceback through instead."""
-    from bertjax import config as config_lib  # here: importing it starts JAX
-    from bertjax import multihost
-    from bertjax.data.errors import DataError
+    """Inside: a config, data or cluster error, a training stopped by non-finite steps (or one
+    of ``more``) ends the program with one ``error:`` line and exit 2; ``debug`` lets the
+    traceback through instead."""
     try:
         yield
-    except (config_lib.ConfigError, DataError, multihost.ClusterError, *more) as e:
-        if debug:
+    except BaseException as e:
+        known = tuple(getattr(sys.modules[module], name) for module, name in _INPUT_ERRORS
+                      if module in sys.modules)
+        if debug or not isinstance(e, known + more):
             raise
         fail(str(e))
+
+
+def run(main: Callable[[list[str]], None], verbosity: int = logging.WARNING) -> None:
+    """Runs a command's ``main`` under absl with ``parse_flags`` (one-line flag errors). Logs
+    show from WARNING up (orbax and jax are chatty at INFO; ``--verbosity=0`` shows them)."""
+    logging.set_verbosity(verbosity)
+    app.run(main, flags_parser=parse_flags)

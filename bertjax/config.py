@@ -202,9 +202,9 @@ def model_config(config: ml_collections.ConfigDict) -> model_lib.BertConfig:
             type_vocab_size=m.type_vocab_size, hidden_dropout=m.hidden_dropout,
             attention_dropout=m.attention_dropout, hidden_act=m.hidden_act, dtype=m.dtype,
             param_dtype=m.param_dtype, attention_impl=m.attention_impl,
-            scan_layers=bool(m.get("scan_layers", False)), remat=m.get("remat", "none"),
-            prune_last_layer=bool(m.get("prune_last_layer", True)),
-            tie_word_embeddings=bool(m.get("tie_word_embeddings", True)))
+            scan_layers=bool(m.scan_layers), remat=m.remat,
+            prune_last_layer=bool(m.prune_last_layer),
+            tie_word_embeddings=bool(m.tie_word_embeddings))
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
@@ -215,24 +215,29 @@ def _check(cond: bool, message: str) -> None:
 
 
 def check_rng_impl(config: ml_collections.ConfigDict) -> None:
-    """Raises ConfigError unless ``config.rng_impl`` (absent: threefry) is a JAX PRNG kind."""
-    _check(config.get("rng_impl", "threefry2x32") in RNG_IMPLS,
-           f"config.rng_impl={config.get('rng_impl')!r}; expected one of {RNG_IMPLS}")
+    """Raises ConfigError unless ``config.rng_impl`` is a JAX PRNG kind."""
+    _check(config.rng_impl in RNG_IMPLS,
+           f"config.rng_impl={config.rng_impl!r}; expected one of {RNG_IMPLS}")
 
 
-def validate(config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, int, int]:
-    """Checks a run config against itself and the devices; returns the resolved mesh shape.
+def check_mesh(config: ml_collections.ConfigDict, mcfg: model_lib.BertConfig, num_devices: int,
+               num_processes: int, accum_steps: int = 1) -> tuple[int, int, int]:
+    """The mesh shape for ``config.mesh`` on ``num_devices``, with the model and batches
+    checked against it; shared by pre-training, fine-tuning and embedding.
+
+    Checks: the mesh fits the devices; the heads divide over config.mesh.tensor; 8 <=
+    max_seq_length <= the model's positions; global_batch_size a multiple of the batch-parallel
+    devices × accum_steps and of the processes; eval_batch_size a positive multiple of both.
 
     Raises:
       ConfigError: with one line naming the value, what was expected and how to fix it.
     """
-    mcfg = model_config(config)
     try:
         shape = sharding.mesh_shape(config.mesh.data, config.mesh.fsdp, config.mesh.tensor,
                                     num_devices)
     except sharding.MeshError as e:
         raise ConfigError(str(e)) from None
-    data, fsdp, tensor = shape
+    tensor = shape[2]
     _check(mcfg.num_heads % tensor == 0,
            f"model heads={mcfg.num_heads} ({config.model.preset}) are not divisible by "
            f"config.mesh.tensor={tensor}; pick a tensor size that divides the head count")
@@ -241,29 +246,42 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, 
            f"{mcfg.max_position_embeddings}; lower max_seq_length")
     _check(config.max_seq_length >= 8,
            f"config.max_seq_length={config.max_seq_length}; expected at least 8")
-    _check(0 < config.max_predictions <= config.max_seq_length,
-           f"config.max_predictions={config.max_predictions}; expected 1..max_seq_length "
-           f"({config.max_seq_length})")
-    check_rng_impl(config)
-    _check(config.optim.get("embedding_lr", 0.0) >= 0,
-           f"config.optim.embedding_lr={config.optim.get('embedding_lr')}; expected 0 (the "
-           "tables like every weight) or a positive peak rate for the embedding tables")
-    _check(config.accum_steps >= 1, f"config.accum_steps={config.accum_steps}; expected >= 1")
-    _check(config.total_steps >= 1, f"config.total_steps={config.total_steps}; expected >= 1")
     _check(config.global_batch_size >= 1,
            f"config.global_batch_size={config.global_batch_size}; expected >= 1")
     rules = dict(config.sharding.rules)
     batch_axes = rules.get("act_batch") or ()
     batch_axes = (batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes)
     split = math.prod(dict(zip(sharding.MESH_AXES, shape))[a] for a in batch_axes)
-    need = split * config.accum_steps
+    need = math.lcm(split * accum_steps, num_processes)
+    hosts = f" and the processes ({num_processes})" if num_processes > 1 else ""
     _check(config.global_batch_size % need == 0,
            f"config.global_batch_size={config.global_batch_size} is not divisible by "
-           f"batch-parallel devices ({split}) × config.accum_steps ({config.accum_steps}) = "
-           f"{need}; use a multiple of {need}")
-    _check(config.eval_batch_size % split == 0 and config.eval_batch_size > 0,
+           f"batch-parallel devices ({split}) × config.accum_steps ({accum_steps}) = "
+           f"{split * accum_steps}{hosts}; use a multiple of {need}")
+    need = math.lcm(split, num_processes)
+    _check(config.eval_batch_size % need == 0 and config.eval_batch_size > 0,
            f"config.eval_batch_size={config.eval_batch_size} is not a positive multiple of the "
-           f"batch-parallel devices ({split}); use a multiple of {split}")
+           f"batch-parallel devices ({split}){hosts}; use a multiple of {need}")
+    return shape
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, int, int]:
+    """Checks a run config against itself and the devices; returns the resolved mesh shape.
+
+    Raises:
+      ConfigError: with one line naming the value, what was expected and how to fix it.
+    """
+    _check(config.accum_steps >= 1, f"config.accum_steps={config.accum_steps}; expected >= 1")
+    mcfg = model_config(config)
+    shape = check_mesh(config, mcfg, num_devices, 1, config.accum_steps)
+    _check(0 < config.max_predictions <= config.max_seq_length,
+           f"config.max_predictions={config.max_predictions}; expected 1..max_seq_length "
+           f"({config.max_seq_length})")
+    check_rng_impl(config)
+    _check(config.optim.embedding_lr >= 0,
+           f"config.optim.embedding_lr={config.optim.embedding_lr}; expected 0 (the "
+           "tables like every weight) or a positive peak rate for the embedding tables")
+    _check(config.total_steps >= 1, f"config.total_steps={config.total_steps}; expected >= 1")
     for key in ("eval_every", "checkpoint_every", "log_every", "keep_checkpoints"):
         _check(config[key] >= 1, f"config.{key}={config[key]}; expected >= 1")
     o = config.optim

@@ -3,16 +3,17 @@
     python -m bertjax.embed --init_from=runs/minilm --input=sentences.txt --output=emb.npy
     python -m bertjax.embed --init_from=runs/minilm --pairs=pairs.tsv [--output=sims.tsv]
 
-Kept short on purpose: flags, then the library (bertjax/tasks/embedding.py) does the work.
+Kept short on purpose: flags, then the library (bertjax/finetuning/embedding.py) does the work.
 ``--input``: one sentence per line -> float32 [N, D] .npy. ``--pairs``: two tab-separated
 sentences per line (optional third column: a gold score) -> cosine similarities, and Pearson /
 Spearman against the gold scores when present.
 """
 
-from absl import app, flags, logging
+from absl import flags
 
 from bertjax import cli
 
+_DEBUG = cli.define_debug_flag()
 _INIT_FROM = flags.DEFINE_string(
     "init_from", "", "The encoder: a bertjax pre-training or fine-tuning workdir, or an import "
     "(python -m bertjax.convert), e.g. of all-MiniLM-L6-v2.")
@@ -38,13 +39,12 @@ _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute
 _PACK = flags.DEFINE_integer("examples_per_row", 1, "Up to this many sentences share a row "
                              "(attention kept within each; the same embeddings up to float "
                              "rounding, several times faster for short sentences).")
-_DEBUG = cli.define_debug_flag()
 
 
 def main(argv):
     cli.start(argv, "use --flag=value")
     from bertjax import multihost  # after flag parsing: jax starts here
-    from bertjax.tasks import embedding
+    from bertjax.finetuning import embedding
 
     settings = embedding.Settings(
         init_from=_INIT_FROM.value, pooling=_POOLING.value, normalize=_NORMALIZE.value,
@@ -56,5 +56,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO
-    app.run(main, flags_parser=cli.parse_flags)
+    cli.run(main)

@@ -1,45 +1,42 @@
-"""Fine-tune BERT on a sentence (pair) task, token tags (NER) or spans::
+r"""Fine-tune BERT on a sentence (pair) task, token tags (NER) or spans::
 
     python -m bertjax.finetune --config=configs/glue.py:task=sst2 --config.init_from=WORKDIR \
         --config.data.train=... --config.data.dev=... --workdir=runs/sst2
-    python -m bertjax.finetune --config=configs/ner.py --config.init_from=WORKDIR         --config.data.train=eng.train --config.data.dev=eng.testa --workdir=runs/ner
+    python -m bertjax.finetune --config=configs/ner.py --config.init_from=WORKDIR \
+        --config.data.train=eng.train --config.data.dev=eng.testa --workdir=runs/ner
 
-Kept short on purpose: flags, then the library does the work (bertjax/tasks/runner.py with the
-task's family: classify.py, tagging.py, ...; bertjax/tasks/families.py picks it).
+Kept short on purpose: flags, then the library does the work (bertjax/finetuning/runner.py with the
+task's family: classify.py, tagging.py, ...; bertjax/finetuning/families.py picks it).
 ``--eval_only`` evaluates the checkpoint a fine-tuning kept; ``--config=configs/demo.py`` runs the
 README demo (pre-trained vs from scratch).
 """
 
 import os
 
-from absl import app, flags, logging
+from absl import flags
 
 from bertjax import cli
 
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "glue.py")
-_CONFIG = cli.define_config(os.path.normpath(_DEFAULT_CONFIG),
-                            help_string="Fine-tuning config file (configs/glue.py:task=...).",
-                            lock_config=True)
+_CONFIG = cli.define_config_file("glue.py", "Fine-tuning config file (configs/glue.py:task=...).")
+_START_CLUSTER = cli.define_cluster_flags()
+_DEBUG = cli.define_debug_flag()
 _WORKDIR = flags.DEFINE_string("workdir", "", "Where checkpoints, predictions and metrics go "
                                "(default runs/<task>).")
 _EVAL_ONLY = flags.DEFINE_bool("eval_only", False, "Evaluate the workdir's kept checkpoint.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an earlier fine-tuning in workdir.")
-_CLUSTER = cli.define_cluster_flags()
-_DEBUG = cli.define_debug_flag()
 
 
 def main(argv):
     cli.start(argv)
-    from bertjax import multihost  # after flag parsing: jax starts here
-    from bertjax.tasks import demo, families, runner
+    from bertjax.finetuning import demo, families, runner  # after flag parsing: jax starts here
 
     config = cli.config_value(_CONFIG)
     workdir = _WORKDIR.value or os.path.join("runs", config.task)
     with cli.input_errors(_DEBUG.value):
-        multihost.initialize(*_CLUSTER())
+        _START_CLUSTER()
         if config.task == "demo" and not _EVAL_ONLY.value:
             runner.check_settings(config)  # before the demo writes its data
-            demo.prepare(config, workdir, _OVERWRITE.value)
+            config = demo.prepare(config, workdir, _OVERWRITE.value)
         if config.compare_scratch and not _EVAL_ONLY.value:
             demo.compare(config, workdir, _OVERWRITE.value)
         else:
@@ -48,5 +45,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO
-    app.run(main, flags_parser=cli.parse_flags)
+    cli.run(main)

@@ -1,9 +1,9 @@
-"""Fine-tune on every GLUE task and summarise the dev scores::
+r"""Fine-tune on every GLUE task and summarise the dev scores::
 
     python -m bertjax.glue --glue_dir=glue_data --init_from=runs/base --workdir=runs/glue \
         [--tasks=cola,sst2,mrpc] [--config.optim.lr=2e-5 --config.num_epochs=3 ...]
 
-Kept short on purpose: flags, then the library (bertjax/tasks/glue_suite.py) does the work.
+Kept short on purpose: flags, then the library (bertjax/finetuning/glue_suite.py) does the work.
 Each task runs in WORKDIR/<task> with the same config (configs/glue.py and the overrides);
 tasks whose files are missing are skipped; finished tasks are not rerun unless --overwrite.
 WORKDIR/summary.md and summary.json hold the table and the GLUE-style average.
@@ -11,15 +11,14 @@ WORKDIR/summary.md and summary.json hold the table and the GLUE-style average.
 
 import os
 
-from absl import app, flags, logging
+from absl import flags
 
 from bertjax import cli
 
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "glue.py")
-_CONFIG = cli.define_config(os.path.normpath(_DEFAULT_CONFIG),
-                            help_string="Fine-tuning config for every task (configs/glue.py); "
-                            "--config.key=value overrides apply to all tasks.",
-                            lock_config=True)
+_CONFIG = cli.define_config_file("glue.py", "Fine-tuning config for every task (configs/glue.py); "
+                                 "--config.key=value overrides apply to all tasks.")
+_START_CLUSTER = cli.define_cluster_flags()
+_DEBUG = cli.define_debug_flag()
 _GLUE_DIR = flags.DEFINE_string("glue_dir", "", "The GLUE download: CoLA/, SST-2/, MRPC/, STS-B/,"
                                 " QQP/, MNLI/, QNLI/, RTE/, WNLI/ with train.tsv, dev.tsv.")
 _INIT_FROM = flags.DEFINE_string("init_from", "", "The encoder: a pre-training workdir or an "
@@ -29,23 +28,19 @@ _WORKDIR = flags.DEFINE_string("workdir", os.path.join("runs", "glue"),
 _TASKS = flags.DEFINE_string("tasks", "", "Comma-separated subset (default: all nine).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Rerun tasks that finished earlier.")
 _TEST = flags.DEFINE_bool("predict_test", True, "Also write predictions/test.tsv per task.")
-_CLUSTER = cli.define_cluster_flags()
-_DEBUG = cli.define_debug_flag()
 
 
 def main(argv):
     cli.start(argv)
-    from bertjax import multihost  # after flag parsing: jax starts here
-    from bertjax.tasks import glue_suite
+    from bertjax.finetuning import glue_suite  # after flag parsing: jax starts here
 
     config = cli.config_value(_CONFIG)
     with cli.input_errors(_DEBUG.value):
         tasks = glue_suite.parse_tasks(_TASKS.value)
-        multihost.initialize(*_CLUSTER())
+        _START_CLUSTER()
         glue_suite.run_suite(config, _GLUE_DIR.value, _WORKDIR.value, tasks, _INIT_FROM.value,
                              _OVERWRITE.value, _TEST.value)
 
 
 if __name__ == "__main__":
-    logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO
-    app.run(main, flags_parser=cli.parse_flags)
+    cli.run(main)

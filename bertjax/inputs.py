@@ -23,6 +23,7 @@ import numpy as np
 
 from bertjax import multihost
 from bertjax import synthetic
+from bertjax.data.prepare import data_path  # noqa: F401 (where a config's data lives)
 
 SOURCES = ("embedded", "prepared", "bert_tfrecords", "synthetic")
 
@@ -42,7 +43,7 @@ class SyntheticIterator:
         self.num_batches = num_batches
         self._nan_from = config.data.inject_nan_from
         # Training batches follow config.data.pairs_per_row; evaluation keeps one per row.
-        self._packs = 1 if num_batches is not None else config.data.get("pairs_per_row", 1)
+        self._packs = 1 if num_batches is not None else config.data.pairs_per_row
         self.reset()
 
     def reset(self) -> None:
@@ -80,20 +81,6 @@ class SyntheticIterator:
         self._taken = saved["taken"]
 
 
-def default_embedded_dir(vocab_size: int) -> str:
-    root = os.environ.get("BERTJAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache",
-                                                        "bertjax"))
-    return os.path.join(root, f"embedded-v{vocab_size}")
-
-
-def data_path(config: Any) -> str:
-    d = config.data
-    if d.source == "embedded":
-        base = d.path or default_embedded_dir(config.model.vocab_size)
-        return base if not d.max_documents else f"{base}-docs{d.max_documents}"
-    return d.path
-
-
 def check(config: Any) -> None:
     """Validates the data config without reading data (runs before any compile)."""
     d = config.data
@@ -107,7 +94,7 @@ def check(config: Any) -> None:
                          "metadata.json); run python -m bertjax.prepare --output there first")
     if not 0.0 < d.mask_rate < 1.0:
         raise InputError(f"config.data.mask_rate={d.mask_rate}; expected 0 < rate < 1")
-    packs = d.get("pairs_per_row", 1)
+    packs = d.pairs_per_row
     if packs < 1:
         raise InputError(f"config.data.pairs_per_row={packs}; expected 1 (one NSP pair per row) "
                          "or more (pack up to that many short pairs into a row)")
@@ -155,7 +142,7 @@ def train_iterator(config: Any) -> Any:
     return pretraining.make_pretraining_iterator(
         data_path(config), batch_size=local, short_seq_prob=config.data.short_seq_prob,
         shuffle_buffer=config.data.shuffle_buffer,
-        pairs_per_row=config.data.get("pairs_per_row", 1), **_tf_kwargs(config))
+        pairs_per_row=config.data.pairs_per_row, **_tf_kwargs(config))
 
 
 def eval_iterator(config: Any) -> Any:

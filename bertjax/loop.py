@@ -26,14 +26,10 @@ from bertjax import checkpoint as ckpt_lib
 from bertjax import config as config_lib
 from bertjax import inputs
 from bertjax import multihost
-from bertjax import params_io
 from bertjax import report
+from bertjax import rundir
 from bertjax import sharding
 from bertjax import train
-
-
-class NonFiniteError(RuntimeError):
-    """Too many consecutive steps with a non-finite loss or gradient."""
 
 
 class Preempted:
@@ -86,19 +82,7 @@ def check_workdir(workdir: str, config: Any, allow_config_change: bool) -> ckpt_
 
 def init_params_from(path: str, state: train.TrainState, shardings: Any) -> train.TrainState:
     """Replaces the parameters with those of another bertjax run (fresh optimizer and step)."""
-    p = epath.Path(path)
-    if (p / "checkpoints").exists():
-        p = p / "checkpoints"
-    if not (p / "state").exists():
-        steps = sorted(int(x.name) for x in p.iterdir() if x.name.isdigit()) if p.exists() else []
-        if not steps:
-            raise config_lib.ConfigError(f"config.init_from={path!r} holds no bertjax checkpoint; "
-                                         "give a pre-training workdir or one of its step dirs")
-        p = p / str(steps[-1])
-    # Either encoder layout (per layer or scan_layers) is read into this model's.
-    params = params_io.restore(p / "state", state.params, shardings.params, str(p))
-    logging.info("initialised parameters from %s", p)
-    return state.replace(params=params)
+    return state.replace(params=train.restore_params(path, state.params, shardings.params))
 
 
 def host_facts(config: Any) -> dict[str, Any]:
@@ -201,9 +185,8 @@ def run(config: Any, workdir: str, allow_config_change: bool = False) -> dict[st
         inputs.check(config)
     except inputs.InputError as e:
         raise config_lib.ConfigError(str(e)) from None
-    if config.init_from and not epath.Path(config.init_from).exists():
-        raise config_lib.ConfigError(f"config.init_from={config.init_from!r} does not exist; "
-                                     "give a pre-training workdir")
+    if config.init_from:
+        rundir.resolve(config.init_from)  # a missing or empty one stops here, in one line
     ckpt = check_workdir(workdir, config, allow_config_change)
     chief = multihost.is_chief()
     writer = report.MetricsWriter(workdir, enabled=chief)
@@ -287,11 +270,11 @@ def run(config: Any, workdir: str, allow_config_change: bool = False) -> dict[st
             last = drain(pending)
             if config.max_nonfinite_steps and last["bad_streak"] >= config.max_nonfinite_steps:
                 ckpt.close()  # let an in-flight save of a good step finish first
-                raise NonFiniteError(
-                    f"{int(last['bad_streak'])} steps in a row up to step {pending[0]} had a "
-                    "non-finite loss or gradient (each was skipped); the run stops with its last "
-                    f"checkpoint ({ckpt.latest_step()}) intact; lower config.optim.lr, check the "
-                    "data, or use model.dtype=float32")
+                kept = ckpt.latest_step()
+                train.check_bad_streak(
+                    last["bad_streak"], config.max_nonfinite_steps, pending[0],
+                    "no checkpoint was saved before them" if kept is None else
+                    f"the run stops with its last checkpoint (step {kept}) intact")
             if last["bad_streak"] > 0:
                 logging.warning("step %d: non-finite loss or gradient, update skipped",
                                 pending[0])

@@ -69,7 +69,7 @@ def make_optimizer(config: Any) -> tuple[optax.GradientTransformation, optax.Sch
     # embedding_lr > 0: the embedding tables take Adam's direction (and their decay) at their
     # own peak rate on the same schedule, outside LAMB's trust ratio, which would otherwise make
     # each of their steps a fixed fraction of their norm, so that they grow geometrically.
-    table_lr = o.get("embedding_lr", 0.0)
+    table_lr = o.embedding_lr
 
     def mask(keep):  # a mask function over the parameter tree, from a predicate on paths
         return lambda params: jax.tree_util.tree_map_with_path(lambda p, _: keep(p), params)

@@ -20,13 +20,14 @@ from jax.sharding import NamedSharding, PartitionSpec
 from bertjax import checkpoint as ckpt_lib
 from bertjax import config as config_lib
 from bertjax import model as model_lib
+from bertjax import rundir
 
 
 def saved_params(state_dir: Any) -> Any:
     """The tree of parameter metadata (shapes) in a checkpoint's ``state`` item."""
     import orbax.checkpoint as ocp
 
-    meta = ocp.PyTreeCheckpointer().metadata(ckpt_lib.absolute(state_dir))
+    meta = ocp.PyTreeCheckpointer().metadata(rundir.absolute(state_dir))
     return getattr(meta, "item_metadata", meta)["params"]
 
 
@@ -100,7 +101,7 @@ def restore(state_dir: Any, params: Any, shardings: Any, where: str) -> Any:
     """
     import orbax.checkpoint as ocp
 
-    state_dir = ckpt_lib.absolute(state_dir)
+    state_dir = rundir.absolute(state_dir)
     saved = saved_params(state_dir)
     load, load_sh, convert = dict(params), dict(shardings), None
     if "bert" in params and isinstance(saved.get("bert"), dict):

@@ -15,11 +15,11 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags
+from absl import flags, logging
 
-from bertjax.data import prepare as prepare_lib
-from bertjax.data.errors import DataError
+from bertjax import cli
 
+_DEBUG = cli.define_debug_flag()
 _INPUT = flags.DEFINE_string(
     "input", None, "Glob(s) of corpus-format text files (comma-separated), 'embedded' (Python "
     "stdlib docstrings), or tfds:NAME[:SPLIT].")
@@ -39,33 +39,33 @@ _TFDS_KEY = flags.DEFINE_string("tfds_text_key", "text", "Text feature of the TF
 _TOK_ONLY = flags.DEFINE_bool("tokenizer_only", False, "Only train and save the tokenizer.")
 _MAX_DOCS = flags.DEFINE_integer("max_documents", None, "embedded: keep the first N documents.")
 _VERIFY = flags.DEFINE_bool("verify", False, "Check the sha256 and records of a prepared --output.")
-_DEBUG = flags.DEFINE_bool("debug", False, "Show tracebacks for input errors.")
 
 
 def main(argv: list[str]) -> None:
-    del argv
+    cli.start(argv, "use --flag=value")
     os.environ["CUDA_VISIBLE_DEVICES"] = ""  # TensorFlow here never needs an accelerator
+    from bertjax.data import prepare as prepare_lib  # after flag parsing: TensorFlow, no JAX
+    from bertjax.data.errors import DataError
+
     try:
-        if not _OUTPUT.value:
-            raise DataError("--output is required (expected the directory to write shards to)")
-        if _VERIFY.value:
-            n = prepare_lib.verify(_OUTPUT.value)
-            print(f"{_OUTPUT.value}: {n} documents, all checksums and records OK")
-            return
-        if not _INPUT.value:
-            raise DataError("--input is required (expected a glob of text files, 'embedded' or "
-                            "tfds:NAME)")
-        meta = prepare_lib.prepare(prepare_lib.PrepareConfig(
-            input=_INPUT.value, output=_OUTPUT.value, vocab_size=_VOCAB.value,
-            tokenizer=_TOKENIZER.value, tokenizer_type=_TOK_TYPE.value, num_shards=_SHARDS.value,
-            eval_fraction=_EVAL.value, worker_index=_WORKER.value, num_workers=_WORKERS.value,
-            processes=_PROCS.value, tfds_data_dir=_TFDS_DIR.value, tfds_text_key=_TFDS_KEY.value,
-            tokenizer_only=_TOK_ONLY.value, max_documents=_MAX_DOCS.value))
-    except DataError as e:
-        if _DEBUG.value:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        with cli.input_errors(_DEBUG.value):
+            if not _OUTPUT.value:
+                raise DataError("--output is required (expected the directory to write shards "
+                                "to)")
+            if _VERIFY.value:
+                n = prepare_lib.verify(_OUTPUT.value)
+                print(f"{_OUTPUT.value}: {n} documents, all checksums and records OK")
+                return
+            if not _INPUT.value:
+                raise DataError("--input is required (expected a glob of text files, 'embedded' "
+                                "or tfds:NAME)")
+            meta = prepare_lib.prepare(prepare_lib.PrepareConfig(
+                input=_INPUT.value, output=_OUTPUT.value, vocab_size=_VOCAB.value,
+                tokenizer=_TOKENIZER.value, tokenizer_type=_TOK_TYPE.value,
+                num_shards=_SHARDS.value, eval_fraction=_EVAL.value, worker_index=_WORKER.value,
+                num_workers=_WORKERS.value, processes=_PROCS.value, tfds_data_dir=_TFDS_DIR.value,
+                tfds_text_key=_TFDS_KEY.value, tokenizer_only=_TOK_ONLY.value,
+                max_documents=_MAX_DOCS.value))
     except KeyboardInterrupt:
         print("interrupted: complete shards are kept; rerun the same command to resume",
               file=sys.stderr)
@@ -80,4 +80,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, verbosity=logging.INFO)  # as it always was here: no orbax or jax to quiet

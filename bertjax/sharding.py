@@ -7,13 +7,16 @@ from the run config (``config.sharding.rules``), in the style of t5x / MaxText.
 A logical axis is only split over a mesh axis when the dimension divides evenly by the mesh
 axis size and the mesh axis is not already used by another dimension of the same array; otherwise
 that dimension stays replicated. So vocab=30522 on tensor=4 replicates the vocabulary dimension
-rather than failing, and a batch of 1 on a data axis of 2 still runs.
+rather than failing, and a batch of 1 on a data axis of 2 still runs. ``tree_shardings`` logs
+each parameter a rule could not shard as asked, once per process (a warning when the dimension
+does not divide, info when the mesh axis went to another dimension of the same array).
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 import math
 from typing import Any, Iterator, Sequence
 
@@ -109,22 +112,56 @@ def _mesh_axes_for(name: str | None, rules: Rules) -> tuple[str, ...]:
 def logical_to_spec(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
                     rules: Rules) -> P:
     """Maps logical axis names of one array to a mesh PartitionSpec (see module docstring)."""
+    return _resolve(names, shape, mesh, rules)[0]
+
+
+def _resolve(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
+             rules: Rules) -> tuple[P, list[tuple[bool, str]]]:
+    """``logical_to_spec``, and why each mesh axis a rule named was not used, as (uneven, why):
+    uneven when the dimension does not divide by it, else the axis is taken by an earlier
+    dimension. A mesh axis of size 1 splits nothing and is not counted."""
     used: set[str] = set()
     out = []
+    skipped: list[tuple[bool, str]] = []
     for name, dim in zip(names, shape):
         axes = []
         size = 1
         for axis in _mesh_axes_for(name, rules):
             n = mesh.shape[axis]
-            if axis in used or n == 1 or dim % (size * n):
+            if n == 1:
                 continue
-            axes.append(axis)
-            size *= n
+            if axis in used:
+                skipped.append((False, f"{name}: mesh axis {axis} already splits another "
+                                       "dimension"))
+            elif dim % (size * n):
+                skipped.append((True, f"{name}: dimension {dim} does not divide by mesh axis "
+                                      f"{axis}={n}" + (f" after {'×'.join(axes)}={size}"
+                                                       if axes else "")))
+            else:
+                axes.append(axis)
+                size *= n
         used.update(axes)
         out.append(None if not axes else axes[0] if len(axes) == 1 else tuple(axes))
     while out and out[-1] is None:
         out.pop()
-    return P(*out)
+    return P(*out), skipped
+
+
+# (parameter path, reason) pairs already logged by this process: tree_shardings runs several
+# times per program (train state, evaluation, restore) and says each once.
+_LOGGED_FALLBACKS: set[tuple[str, str]] = set()
+
+
+def _log_fallback(path: str, shape: Sequence[int], names: Sequence[str | None], spec: P,
+                  skipped: list[tuple[bool, str]]) -> None:
+    reason = "; ".join(why for _, why in skipped)
+    if (path, reason) in _LOGGED_FALLBACKS:
+        return
+    _LOGGED_FALLBACKS.add((path, reason))
+    level = logging.WARNING if any(uneven for uneven, _ in skipped) else logging.INFO
+    logging.getLogger(__name__).log(
+        level, "sharding: %s %s, logical axes %s, falls back to replication (%s); sharded as "
+        "%s", path, tuple(shape), tuple(names), reason, tuple(spec))
 
 
 # The mesh and rules that activation constraints resolve against while a function is traced.
@@ -158,11 +195,31 @@ def logical_specs(boxed_tree: Any) -> Any:
 
 
 def tree_shardings(abstract_tree: Any, logical_tree: Any, mesh: Mesh, rules: Rules) -> Any:
-    """NamedShardings for a tree of ShapeDtypeStructs given the matching logical specs."""
-    def one(x, spec):
-        return NamedSharding(mesh, logical_to_spec(tuple(spec), x.shape, mesh, rules))
-    return jax.tree.map(one, abstract_tree, logical_tree,
-                        is_leaf=lambda s: isinstance(s, P))
+    """NamedShardings for a tree of ShapeDtypeStructs given the matching logical specs.
+
+    A parameter that a rule could not split as asked (see ``_resolve``) is logged once per
+    process, naming its path, shape, logical axes and why."""
+    def one(path, x, spec):
+        names = tuple(spec)
+        resolved, skipped = _resolve(names, x.shape, mesh, rules)
+        if skipped:
+            _log_fallback(_path_str(path), x.shape, names, resolved, skipped)
+        return NamedSharding(mesh, resolved)
+    return jax.tree_util.tree_map_with_path(one, abstract_tree, logical_tree,
+                                            is_leaf=lambda s: isinstance(s, P))
+
+
+def _path_str(path: Sequence[Any]) -> str:
+    """params/bert/layer_0/attention/query/kernel for a tree path."""
+    parts = []
+    for key in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                parts.append(str(getattr(key, attr)))
+                break
+        else:
+            parts.append(str(key))
+    return "/".join(parts)
 
 
 def like_params_shardings(tree: Any, params_treedef: Any, params_shardings: Any,

@@ -1,9 +1,18 @@
-"""The train state, the pure train/eval steps, and the one helper that jits them.
+"""The state-and-step kit every run kind uses: pre-training, fine-tuning and embedding.
 
-``train_step(state, batch) -> (state, metrics)`` is a pure function: the dropout key is
-``fold_in(state.rng, state.step)``, gradient accumulation is a ``lax.scan`` over micro-batches
-inside it, and it is jitted in exactly one place (``jit_train_step``) with the state's
-shardings in and out and the state donated.
+  * state     ``create_train_state``: any bertjax model and its dummy inputs -> a TrainState
+              born sharded on the mesh (eval_shape -> logical specs -> jit with out_shardings);
+              ``param_shardings`` gives inference-only callers the parameters' shapes and
+              shardings without a state; nothing else builds a TrainState;
+  * restore   ``restore_params``: parameters of any run directory (bertjax.rundir resolves a
+              workdir, one of its steps, or an import), read into any mesh and layer layout;
+  * steps     pre-training's pure ``train_step(state, batch) -> (state, metrics)`` (dropout key
+              ``fold_in(state.rng, state.step)``, gradient accumulation a ``lax.scan`` over
+              micro-batches inside it) and ``eval_step``; every train step ends in the guarded
+              ``apply_gradients`` (a non-finite step changes nothing; ``check_bad_streak``
+              stops a run of them with NonFiniteError);
+  * jit       ``jit_train_step`` / ``jit_eval_step``: the only places a step is jitted, with
+              the logical rules active, in/out shardings and the state donated.
 
 This module never imports TensorFlow.
 """
@@ -43,47 +52,95 @@ class TrainState:
 
 @dataclasses.dataclass(frozen=True)
 class StepFns:
-    """The model, optimizer and shardings a run is built from."""
+    """What a jitted step is built from: the model and the mesh with its logical rules; for a
+    train step also the optimizer, its schedule and the state's shardings. An inference-only
+    caller (embedding) gives ``param_shardings`` and no optimizer."""
 
     model: nn.Module
-    tx: optax.GradientTransformation
-    schedule: optax.Schedule
     mesh: Mesh
     rules: tuple
-    state_shardings: TrainState
+    tx: optax.GradientTransformation | None = None
+    schedule: optax.Schedule | None = None
+    state_shardings: TrainState | None = None
+    param_shardings: Any = None  # only without state_shardings
     accum_steps: int = 1
     nsp: bool = True
     skip_nonfinite: bool = True
 
+    @property
+    def params_shardings(self) -> Any:
+        """The parameters' shardings (of the state when there is one)."""
+        if self.state_shardings is not None:
+            return self.state_shardings.params
+        return self.param_shardings
 
-def _dummy_inputs(seq_len: int, max_predictions: int) -> tuple[jax.Array, ...]:
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive steps had a non-finite loss or gradient (pre-training and
+    fine-tuning alike); the message names the steps and what to change."""
+
+
+def check_bad_streak(bad_streak: float, limit: int, step: int, kept: str) -> None:
+    """Raises NonFiniteError once ``limit`` (at least 1) consecutive steps up to ``step`` were
+    skipped for a non-finite loss or gradient; ``kept`` says what the run leaves behind."""
+    if bad_streak >= max(limit, 1):
+        raise NonFiniteError(
+            f"{int(bad_streak)} steps in a row up to step {step} had a non-finite loss or "
+            f"gradient (each was skipped); {kept}; lower config.optim.lr, check the data, or "
+            "use model.dtype=float32")
+
+
+def pretraining_inputs(seq_len: int = 8, max_predictions: int = 2) -> tuple[jax.Array, ...]:
+    """Dummy inputs that trace BertForPreTraining (ids, mask, segments, masked positions)."""
     ids = jnp.zeros((1, seq_len), jnp.int32)
     return ids, ids, ids, jnp.zeros((1, max_predictions), jnp.int32)
 
 
-def abstract_params(model: nn.Module, seq_len: int = 8, max_predictions: int = 2) -> Any:
-    """Boxed (logically partitioned) parameter shapes, computed without allocating memory."""
+def task_inputs(seq_len: int) -> tuple[jax.Array, ...]:
+    """Dummy inputs that trace an encoder with a task head (ids, mask, segments)."""
+    ids = jnp.zeros((1, seq_len), jnp.int32)
+    return ids, ids, ids
+
+
+def abstract_params(model: nn.Module, inputs: tuple | None = None) -> Any:
+    """Boxed (logically partitioned) parameter shapes, computed without allocating memory.
+
+    Args:
+      model: any bertjax model.
+      inputs: dummy inputs for ``model.init`` (default: ``pretraining_inputs()``).
+    """
+    inputs = pretraining_inputs() if inputs is None else inputs
+
     def init(rng):
-        return model.init({"params": rng}, *_dummy_inputs(seq_len, max_predictions))["params"]
+        return model.init({"params": rng}, *inputs)["params"]
     return jax.eval_shape(init, jax.random.PRNGKey(0))
 
 
+def param_shardings(model: nn.Module, inputs: tuple, mesh: Mesh, rules: Any) -> tuple[Any, Any]:
+    """(parameter shapes, their shardings on ``mesh``) from the logical axis names, without
+    allocating anything: what a restore or a jitted step needs."""
+    boxed = abstract_params(model, inputs)
+    abstract = nn.meta.unbox(boxed)
+    return abstract, sharding.tree_shardings(abstract, sharding.logical_specs(boxed), mesh,
+                                             tuple(rules))
+
+
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh,
-                       rules: Any, seed: int, seq_len: int = 8,
-                       max_predictions: int = 2) -> tuple[TrainState, TrainState]:
-    """Creates the train state already sharded on the mesh.
+                       rules: Any, seed: int,
+                       inputs: tuple | None = None) -> tuple[TrainState, TrainState]:
+    """Creates the train state already sharded on the mesh (every run kind comes through here).
 
     eval_shape gives the boxed shapes, their logical names give the shardings, and the init
     function is jitted with those out_shardings, so full parameters never gather on one device.
 
+    Args:
+      inputs: dummy inputs for ``model.init`` (default: ``pretraining_inputs()``).
+
     Returns:
       (state, state_shardings).
     """
-    rules = tuple(rules)
-    boxed = abstract_params(model, seq_len, max_predictions)
-    logical = sharding.logical_specs(boxed)
-    params_abs = nn.meta.unbox(boxed)
-    params_sh = sharding.tree_shardings(params_abs, logical, mesh, rules)
+    inputs = pretraining_inputs() if inputs is None else inputs
+    params_abs, params_sh = param_shardings(model, inputs, mesh, rules)
     opt_abs = jax.eval_shape(tx.init, params_abs)
     opt_sh = sharding.like_params_shardings(opt_abs, jax.tree.structure(params_abs), params_sh,
                                             mesh)
@@ -93,14 +150,45 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, mesh:
 
     def init(key):
         init_key, run_key = jax.random.split(key)
-        variables = model.init({"params": init_key}, *_dummy_inputs(seq_len, max_predictions))
-        params = nn.meta.unbox(variables["params"])
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=tx.init(params), rng=run_key,
-                          bad_streak=jnp.zeros((), jnp.int32))
+        params = nn.meta.unbox(model.init({"params": init_key}, *inputs)["params"])
+        return state_from_params(params, tx, run_key)
 
     state = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(seed))
     return state, shardings
+
+
+def state_from_params(params: Any, tx: optax.GradientTransformation,
+                      rng: jax.Array) -> TrainState:
+    """A state at step 0 around ``params``: a fresh optimizer state and the run's key."""
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      rng=rng, bad_streak=jnp.zeros((), jnp.int32))
+
+
+def restore_params(path: str, params: Any, shardings: Any, what: str = "config.init_from",
+                   subtree: str | None = None) -> Any:
+    """Parameters of another run, read straight into ``shardings`` on the current mesh.
+
+    Args:
+      path: a workdir (its newest complete step), one step of it, or an import (bertjax.rundir).
+      params: the parameters to fill (arrays or shapes: only names and shapes are used).
+      shardings: their shardings.
+      what: the flag or key that named ``path``, for messages.
+      subtree: read only this top-level entry (e.g. "bert": the encoder, not the heads);
+        the other entries of ``params`` come back as given.
+
+    Returns:
+      ``params`` with the restored values; either encoder layout (per layer or scan_layers)
+      is read into this model's.
+    """
+    from bertjax import params_io  # orbax
+    from bertjax import rundir
+
+    run = rundir.resolve(path, what)
+    keys = [subtree] if subtree else list(params)
+    restored = params_io.restore(f"{run.step_dir}/state", {k: params[k] for k in keys},
+                                 {k: shardings[k] for k in keys}, run.step_dir)
+    logging.info("%s initialised from %s", subtree or "parameters", run.step_dir)
+    return {**params, **restored}
 
 
 def nsp_weights(batch: Batch) -> jax.Array | None:
@@ -138,6 +226,29 @@ def _split_micro(batch: Batch, k: int) -> Batch:
     return jax.tree.map(one, batch)
 
 
+def apply_gradients(state: TrainState, grads: Any, loss: jax.Array,
+                    fns: StepFns) -> tuple[TrainState, jax.Array]:
+    """The optimizer update every train step ends with, guarded: with ``fns.skip_nonfinite`` a
+    non-finite loss or gradient leaves parameters and optimizer state as they were and counts
+    in ``bad_streak``; the step counter still advances (with the data) so the next step draws
+    new dropout.
+
+    Returns:
+      (the new state, the global gradient norm).
+    """
+    grad_norm = optax.tree.norm(grads)
+    updates, opt_state = fns.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    bad_streak = jnp.zeros((), jnp.int32)
+    if fns.skip_nonfinite:
+        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        params, opt_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old),
+                                         (params, opt_state), (state.params, state.opt_state))
+        bad_streak = jnp.where(ok, 0, state.bad_streak + 1)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                         bad_streak=bad_streak), grad_norm
+
+
 def train_step(state: TrainState, batch: Batch, fns: StepFns) -> tuple[TrainState, dict]:
     """One optimizer step on a global batch (pure; jit it with ``jit_train_step``).
 
@@ -173,19 +284,8 @@ def train_step(state: TrainState, batch: Batch, fns: StepFns) -> tuple[TrainStat
         (grads, aux), _ = jax.lax.scan(body, zeros, (jnp.arange(fns.accum_steps), micro))
     mlm, nsp = aux
     loss = mlm["loss_sum"] / mlm_denom + nsp["loss_sum"] / nsp_denom
-    grad_norm = optax.tree.norm(grads)
-    updates, opt_state = fns.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    bad_streak = jnp.zeros((), jnp.int32)
-    if fns.skip_nonfinite:
-        # A non-finite loss or gradient leaves parameters and optimizer state as they were; the
-        # step counter still advances (with the data) so the next step draws new dropout.
-        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        params, opt_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old),
-                                         (params, opt_state), (state.params, state.opt_state))
-        bad_streak = jnp.where(ok, 0, state.bad_streak + 1)
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              bad_streak=bad_streak)
+    new_state, grad_norm = apply_gradients(state, grads, loss, fns)
+    bad_streak = new_state.bad_streak
     metrics = {
         "loss": loss,
         "bad_streak": bad_streak,
@@ -210,6 +310,8 @@ def eval_step(params: Any, batch: Batch, fns: StepFns) -> dict:
 
 
 def _with_rules(fn: Callable, fns: StepFns) -> Callable:
+    """``fn(*args, fns)`` traced with the activation rules active (the model's constraints
+    resolve to the mesh)."""
     @functools.wraps(fn)
     def wrapped(*args):
         with sharding.activation_rules(fns.mesh, fns.rules):
@@ -223,19 +325,33 @@ def batch_shardings(fns: StepFns, batch_like: dict) -> dict:
             for k, v in batch_like.items()}
 
 
-def jit_train_step(fns: StepFns, batch_like: dict) -> Callable:
-    """The one place the train step is jitted: in/out shardings, state donated."""
+StepFn = Callable[..., Any]  # step(state_or_params, batch, fns) -> outputs
+
+
+def jit_train_step(fns: StepFns, batch_like: dict, step: StepFn = train_step) -> Callable:
+    """The one place a train step is jitted: the state's shardings in and out, the batch split
+    by the act_batch rule, metrics replicated, the state donated.
+
+    Args:
+      step: ``step(state, batch, fns) -> (state, metrics)``; pre-training's by default,
+        fine-tuning passes its own (bertjax/finetuning/runner.py).
+    """
     repl = sharding.replicated(fns.mesh)
-    return jax.jit(_with_rules(train_step, fns),
+    return jax.jit(_with_rules(step, fns),
                    in_shardings=(fns.state_shardings, batch_shardings(fns, batch_like)),
                    out_shardings=(fns.state_shardings, repl), donate_argnums=(0,))
 
 
-def jit_eval_step(fns: StepFns, batch_like: dict) -> Callable:
-    repl = sharding.replicated(fns.mesh)
-    return jax.jit(_with_rules(eval_step, fns),
-                   in_shardings=(fns.state_shardings.params, batch_shardings(fns, batch_like)),
-                   out_shardings=repl)
+def jit_eval_step(fns: StepFns, batch_like: dict, step: StepFn = eval_step) -> Callable:
+    """The one place an evaluation/inference step is jitted: parameters in their shardings,
+    outputs replicated (every host holds the whole batch's).
+
+    Args:
+      step: ``step(params, batch, fns) -> outputs``; pre-training's eval by default.
+    """
+    return jax.jit(_with_rules(step, fns),
+                   in_shardings=(fns.params_shardings, batch_shardings(fns, batch_like)),
+                   out_shardings=sharding.replicated(fns.mesh))
 
 
 def build_model(config: Any) -> nn.Module:
@@ -258,12 +374,12 @@ def build(config: Any, mesh: Mesh) -> tuple[TrainState, StepFns]:
     """Model, optimizer and sharded train state from a validated run config."""
     from bertjax import optim
 
-    use_rng_impl(config.get("rng_impl", "threefry2x32"))
+    use_rng_impl(config.rng_impl)
     model = build_model(config)
     tx, schedule = optim.make_optimizer(config)
     rules = tuple(tuple(r) for r in config.sharding.rules)
     state, shardings = create_train_state(model, tx, mesh, rules, config.seed)
-    fns = StepFns(model=model, tx=tx, schedule=schedule, mesh=mesh, rules=rules,
+    fns = StepFns(model=model, mesh=mesh, rules=rules, tx=tx, schedule=schedule,
                   state_shardings=shardings, accum_steps=config.accum_steps, nsp=config.nsp,
                   skip_nonfinite=config.max_nonfinite_steps > 0)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))

@@ -1,11 +1,11 @@
-"""The fine-tuning demo: word order (bertjax/tasks/demo.py). Is a docstring sentence as written, or
+"""The fine-tuning demo: word order (bertjax/finetuning/demo.py). Is a docstring sentence as written, or
 have two of its words been swapped? Both versions hold the same words, so only a model that reads
 order can beat chance (0.5); masked-LM pre-training is where an encoder learns that order.
 
 The pre-trained encoder (``init_from``) and the same model from random initialisation train on the
 same 600 examples (300 sentences, each as written and swapped) for the same steps; dev is every
 usable sentence of the documents pre-training held out (261 sentences, 522 examples). Up to 4
-sentences share a row (bertjax/tasks/packing.py); both runs take about 40 seconds together on
+sentences share a row (bertjax/finetuning/packing.py); both runs take about 40 seconds together on
 two CPU cores.
 
 Usage: python -m bertjax.finetune --config=configs/demo.py [--config.init_from=runs/bert_tiny]
@@ -13,7 +13,7 @@ Usage: python -m bertjax.finetune --config=configs/demo.py [--config.init_from=r
 """
 
 from bertjax.config import parse_arg
-from bertjax.tasks.ft_config import finetune_config
+from bertjax.finetuning.defaults import finetune_config
 
 
 def get_config(arg: str | None = None):
@@ -24,7 +24,7 @@ def get_config(arg: str | None = None):
     c.data.demo_train = 600  # examples: 300 sentences, each as written and with a swap
     c.data.demo_dev = 0  # 0: all held-out sentences (two examples each)
     c.max_seq_length = 64  # sentences of 8-30 words: ~1.4 sentencepiece pieces a word
-    c.data.examples_per_row = 4  # ~2 sentences share a row (bertjax/tasks/packing.py)
+    c.data.examples_per_row = 4  # ~2 sentences share a row (bertjax/finetuning/packing.py)
     c.global_batch_size = 32
     c.eval_batch_size = 128
     # 16 epochs of the 600 training examples: a pre-trained encoder leaves the 0.5 plateau

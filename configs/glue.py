@@ -18,7 +18,7 @@ Tasks: cola sst2 mrpc qqp mnli qnli rte wnli stsb (regression), custom. MNLI als
 """
 
 from bertjax.config import parse_arg
-from bertjax.tasks.ft_config import finetune_config
+from bertjax.finetuning.defaults import finetune_config
 
 
 def get_config(arg: str | None = None):

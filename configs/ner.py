@@ -14,7 +14,7 @@ training file's unless ``--config.data.labels=O,B-LOC,I-LOC,...`` lists it.
 """
 
 from bertjax.config import parse_arg
-from bertjax.tasks.ft_config import finetune_config
+from bertjax.finetuning.defaults import finetune_config
 
 
 def get_config(arg: str | None = None):

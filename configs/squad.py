@@ -14,7 +14,7 @@ dev_null_odds.json. ``runlocal`` makes a short smoke run (30 steps, batch 16, se
 """
 
 from bertjax.config import ConfigError, parse_arg
-from bertjax.tasks.ft_config import finetune_config
+from bertjax.finetuning.defaults import finetune_config
 
 
 def get_config(arg: str | None = None):

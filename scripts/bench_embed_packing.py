@@ -12,7 +12,6 @@ first), the ratio and the largest difference between the two sets of embeddings.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -20,15 +19,12 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bertjax.bench import ab  # noqa: E402  (argparse only: jax starts in main)
+
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--init_from", default=os.path.join(ROOT, "runs", "minilm"))
-    parser.add_argument("--sentences", type=int, default=4000)
-    parser.add_argument("--examples_per_row", type=int, default=8)
-    parser.add_argument("--max_seq_length", type=int, default=128)
-    parser.add_argument("--batch_size", type=int, default=64)
-    args = parser.parse_args()
+    args = ab.parse_args(__doc__, init_from=os.path.join(ROOT, "runs", "minilm"),
+                         sentences=4000, examples_per_row=8, max_seq_length=128, batch_size=64)
     if not os.path.isdir(args.init_from):
         print(f"--init_from={args.init_from} does not exist; import a model first, e.g. "
               "python -m bertjax.convert --from=hf --input=DIR --output=runs/minilm",
@@ -37,7 +33,7 @@ def main() -> int:
     import numpy as np
 
     from bertjax.data import corpus
-    from bertjax.tasks import embedding
+    from bertjax.finetuning import embedding
 
     sentences = []
     for doc in corpus.stdlib_documents():
@@ -61,7 +57,7 @@ def main() -> int:
     print(f"one per row:       {len(sentences) / t1:8.1f} sentences/s ({t1:.1f} s)")
     print(f"up to {args.examples_per_row} per row:  {len(sentences) / tm:8.1f} sentences/s "
           f"({tm:.1f} s)")
-    print(f"packed / one per row: x{t1 / tm:.3f}; max abs difference of the embeddings "
+    print(f"packed / one per row: {ab.ratio(t1, tm)}; max abs difference of the embeddings "
           f"{float(np.abs(e1 - em).max()):.2e}")
     return 0
 

@@ -18,7 +18,6 @@ initialisation with the workdir's tokenizer: a wider model, whose step is matmul
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -26,22 +25,20 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bertjax.bench import ab  # noqa: E402  (argparse only: jax starts in main)
+
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--init_from", default=os.path.join(ROOT, "runs", "bert_tiny"))
-    parser.add_argument("--preset", default="", help="train this preset from scratch instead")
-    parser.add_argument("--examples_per_row", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--seq_len", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--workdir", default=None, help="default: a new temporary directory")
-    args = parser.parse_args()
+    args = ab.parse_args(
+        __doc__, init_from=os.path.join(ROOT, "runs", "bert_tiny"),
+        preset=("", "train this preset from scratch instead"), examples_per_row=8, steps=150,
+        seq_len=128, batch=32, workdir=(None, "default: a new temporary directory"))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, os.path.join(ROOT, "configs"))
     import demo as demo_config
 
-    from bertjax.tasks import classify, demo, features
+    from bertjax import rundir
+    from bertjax.finetuning import classify, demo
 
     if not os.path.isdir(args.init_from):
         print(f"--init_from={args.init_from} does not exist; run `python -m bertjax.pretrain` "
@@ -54,30 +51,28 @@ def main() -> int:
         c.init_from = args.init_from
         c.compare_scratch = False
         if args.preset:
-            saved = features.latest_saved_config(args.init_from)
-            c.tokenizer = features.sentencepiece_path_of(saved) or ""
+            saved = rundir.saved_config(args.init_from)
+            c.tokenizer = rundir.sentencepiece_path(saved) or ""
             c.init_from = ""
             c.model.preset = args.preset
         c.max_seq_length, c.global_batch_size = args.seq_len, args.batch
         c.total_steps = c.eval_every = args.steps
         c.data.examples_per_row = m
         c.tensorboard = False
-        demo.prepare(c, root)  # the demo's files, written once into root/data
+        c = demo.prepare(c, root)  # the demo's files, written once into root/data
         runs.append((m, classify.run(c, os.path.join(root, f"examples{m}"))))
     encoder = args.preset + " from scratch" if args.preset else f"from {args.init_from}"
     print(f"\n{args.steps} steps, batch {args.batch} examples, rows of {args.seq_len} tokens, "
           f"demo task, encoder {encoder}")
-    print(f"{'per row':>7} {'rows/step':>9} {'s/step':>8} {'examples/s':>10} "
-          f"{'dev acc':>8} {'wall s':>7}")
-    for m, r in runs:
-        rows = r.get("rows_per_step", args.batch)
-        print(f"{'<=' + str(m):>7} {rows:>9} {1 / r['train_steps_per_second']:8.3f} "
-              f"{r['train_examples_per_second']:10.1f} {r['dev']['accuracy']:8.4f} "
-              f"{r['seconds']:7.0f}")
+    print(ab.table(
+        [("per row", "{:>7}"), ("rows/step", "{:>9}"), ("s/step", "{:8.3f}"),
+         ("examples/s", "{:10.1f}"), ("dev acc", "{:8.4f}"), ("wall s", "{:7.0f}")],
+        [("<=" + str(m), r.get("rows_per_step", args.batch), 1 / r["train_steps_per_second"],
+          r["train_examples_per_second"], r["dev"]["accuracy"], r["seconds"]) for m, r in runs]))
     (_, a), (_, b) = runs
-    print(f"packed / one per row: examples/s x"
-          f"{b['train_examples_per_second'] / a['train_examples_per_second']:.3f}, "
-          f"wall x{a['seconds'] / b['seconds']:.3f}")
+    examples = ab.ratio(b["train_examples_per_second"], a["train_examples_per_second"])
+    wall = ab.ratio(a["seconds"], b["seconds"])
+    print(f"packed / one per row: examples/s {examples}, wall {wall}")
     return 0
 
 

@@ -13,7 +13,6 @@ the same either way (same rows of the same length); packing puts more real token
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
 import sys
@@ -22,6 +21,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from bertjax.bench import ab  # noqa: E402  (argparse only: jax starts in main)
 
 
 def load_config(path: str):
@@ -32,14 +33,9 @@ def load_config(path: str):
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=os.path.join(ROOT, "configs", "bert_tiny.py"))
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--pairs_per_row", type=int, default=3)
-    parser.add_argument("--seq_len", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--workdir", default=None, help="default: a new temporary directory")
-    args = parser.parse_args()
+    args = ab.parse_args(__doc__, config=os.path.join(ROOT, "configs", "bert_tiny.py"),
+                         steps=200, pairs_per_row=3, seq_len=128, batch=64,
+                         workdir=(None, "default: a new temporary directory"))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from bertjax import loop  # jax starts here
 
@@ -54,22 +50,24 @@ def main() -> int:
         c.eval_batch_size = args.batch
         c.progress_bar = False
         c.data.pairs_per_row = pack
+        c.nsp = True  # rows pack NSP pairs (bert_tiny's default is MLM only), both arms alike
         t0 = time.perf_counter()
         r = loop.run(c, os.path.join(root, f"pairs{pack}"))
         rows.append((pack, r, time.perf_counter() - t0))
     print(f"\n{args.steps} steps, batch {args.batch} x {args.seq_len}, {args.config}")
-    print(f"{'pairs/row':>9} {'s/step':>8} {'tokens/s':>10} {'non-pad/s':>10} {'padding':>8} "
-          f"{'eval MLM acc':>12} {'eval loss':>9} {'wall s':>7}")
-    for pack, r, wall in rows:
-        tokens = args.batch * args.seq_len
-        print(f"{'<=' + str(pack):>9} {tokens / r['tokens_per_s']:8.3f} "
-              f"{r['tokens_per_s']:10,.0f} {r['real_tokens_per_s']:10,.0f} "
-              f"{100 * r['padding_share']:7.1f}% {r['eval']['mlm_accuracy']:12.4f} "
-              f"{r['eval']['loss']:9.4f} {wall:7.0f}")
+    tokens = args.batch * args.seq_len
+    print(ab.table(
+        [("pairs/row", "{:>9}"), ("s/step", "{:8.3f}"), ("tokens/s", "{:10,.0f}"),
+         ("non-pad/s", "{:10,.0f}"), ("padding", "{:7.1f}%"), ("eval MLM acc", "{:12.4f}"),
+         ("eval loss", "{:9.4f}"), ("wall s", "{:7.0f}")],
+        [("<=" + str(pack), tokens / r["tokens_per_s"], r["tokens_per_s"], r["real_tokens_per_s"],
+          100 * r["padding_share"], r["eval"]["mlm_accuracy"], r["eval"]["loss"], wall)
+         for pack, r, wall in rows]))
     (_, a, _), (_, b, _) = rows
-    print(f"packed / one pair per row: non-padding tokens/s x{b['real_tokens_per_s'] / a['real_tokens_per_s']:.3f}, "
-          f"step time x{a['tokens_per_s'] / b['tokens_per_s']:.3f}, eval MLM accuracy "
-          f"{b['eval']['mlm_accuracy']:.4f} vs {a['eval']['mlm_accuracy']:.4f}")
+    real = ab.ratio(b["real_tokens_per_s"], a["real_tokens_per_s"])
+    step = ab.ratio(a["tokens_per_s"], b["tokens_per_s"])
+    print(f"packed / one pair per row: non-padding tokens/s {real}, step time {step}, eval MLM "
+          f"accuracy {b['eval']['mlm_accuracy']:.4f} vs {a['eval']['mlm_accuracy']:.4f}")
     return 0
 
 

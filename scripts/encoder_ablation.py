@@ -97,9 +97,9 @@ def main() -> None:
     args = ap.parse_args()
     reset = parse_reset(args.reset)
     src, dst = os.path.abspath(args.src), os.path.abspath(args.dst)
-    root = os.path.join(src, "checkpoints")
-    steps = sorted(int(s) for s in os.listdir(root) if s.isdigit()) if os.path.isdir(root) else []
-    if not steps:
+    from bertjax import rundir
+
+    if rundir.step_dir(src) is None:
         raise SystemExit(f"{args.src} holds no checkpoints/N; give a pre-training workdir")
     if os.path.exists(dst):
         raise SystemExit(f"{args.dst} exists; give a new directory (nothing is overwritten)")
@@ -111,15 +111,11 @@ def main() -> None:
     import numpy as np
     import orbax.checkpoint as ocp
 
-    from bertjax import convert_io
     from bertjax import model as model_lib
 
-    from bertjax import checkpoint as ckpt_lib
-
-    ckpt = ckpt_lib.Checkpointer(root, every=1, async_save=False)
-    step = ckpt.latest_step()  # the newest finished step
-    cfg = convert_io.workdir_model_config(src, ckpt.saved_config(step))
-    ckpt.close()
+    run = rundir.resolve(src, "--src")  # the newest complete step
+    step = run.step
+    cfg = run.model_config()
     if cfg.scan_layers:  # checked before anything is written
         raise SystemExit(f"{args.src} was trained with scan_layers; ablation reads per-layer runs")
     ids = np.zeros((1, 8), np.int32)
@@ -131,7 +127,7 @@ def main() -> None:
     tmp = dst + ".partial"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("tb", "checkpoints"))
-    shutil.copytree(os.path.join(root, str(step)), os.path.join(tmp, "checkpoints", str(step)))
+    shutil.copytree(run.step_dir, os.path.join(tmp, "checkpoints", str(step)))
     state_dir = os.path.join(tmp, "checkpoints", str(step), "state")
     tree = ocp.PyTreeCheckpointer().restore(state_dir)
     tree["params"]["bert"] = ablate(tree["params"]["bert"], fresh, reset, args.scale_word,

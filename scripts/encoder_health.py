@@ -37,7 +37,7 @@ sys.path.insert(0, REPO)
 
 def sentences(n: int) -> list[str]:
     from bertjax.data import corpus
-    from bertjax.tasks import demo
+    from bertjax.finetuning import demo
     _, held = demo.split_sentences(corpus.stdlib_documents())
     return held[:n]
 
@@ -128,13 +128,14 @@ def main() -> None:
     from bertjax import config as config_lib
     from bertjax import model as model_lib
     from bertjax import params_io
-    from bertjax.tasks import features
+    from bertjax import rundir
+    from bertjax.finetuning import features
     import ml_collections
 
     results = {}
     model = None
     for w in map(os.path.abspath, args.workdirs):  # orbax reads absolute paths
-        saved = features.latest_saved_config(w)
+        saved = rundir.saved_config(w)
         if saved is None:
             raise SystemExit(f"{w}: no saved run config; give a bertjax pre-training workdir")
         cfg = config_lib.model_config(ml_collections.ConfigDict(saved))

@@ -109,7 +109,7 @@ def pretrain_cmd(workdir: str, overrides: list[str], seed: int, steps: int, warm
 
 
 def steps_per_second(out_dir: str, name: str, overrides: list[str]) -> float:
-    """The setting's training steps per second: its real train step (bertjax.bench, the
+    """The setting's training steps per second: its real train step (bertjax.bench.timing, the
     same jitted step as pre-training, on synthetic batches of the setting's shapes), median of
     20 steps after 3 warm-up ones. Start-up, compile, evaluation and checkpoints are the same
     few seconds for every setting and are not part of the budget."""
@@ -119,14 +119,15 @@ def steps_per_second(out_dir: str, name: str, overrides: list[str]) -> float:
             return json.load(f)["steps_per_s"]
     code = f"""
 import json, sys
-from bertjax import bench, cli
+from bertjax import cli
+from bertjax.bench import timing
 sys.argv = ["probe"] + {overrides!r}
 holder = cli.define_config("configs/bert_tiny.py", lock_config=True)
 cli.parse_flags(sys.argv)
 c = cli.config_value(holder)
-ours, _ = bench.bertjax_system(c, (1, 1, 1))
-bench.warm_up(ours, 3)
-bench.time_rounds([ours], 20)
+ours, _ = timing.bertjax_system(c, (1, 1, 1))
+timing.warm_up(ours, 3)
+timing.time_rounds([ours], 20)
 print("RESULT", json.dumps({{"steps_per_s": 1.0 / ours.median_s}}))
 """
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -138,8 +139,8 @@ print("RESULT", json.dumps({{"steps_per_s": 1.0 / ours.median_s}}))
 
 
 def config_of(workdir: str) -> dict:
-    from bertjax.tasks import features
-    return features.latest_saved_config(workdir)
+    from bertjax import rundir
+    return rundir.saved_config(workdir)
 
 
 def heldout_mlm(workdir: str, draws: int) -> dict:
@@ -147,10 +148,9 @@ def heldout_mlm(workdir: str, draws: int) -> dict:
     fixed mask draws; runs in a subprocess so this script keeps no JAX state."""
     code = f"""
 import json, jax, numpy as np
-from bertjax import inputs, loop, sharding, train
-from bertjax.tasks import features
+from bertjax import inputs, loop, rundir, sharding, train
 import ml_collections
-c = ml_collections.ConfigDict(features.latest_saved_config({workdir!r}))
+c = ml_collections.ConfigDict(rundir.saved_config({workdir!r}))
 c.data.mask_rate, c.max_seq_length, c.max_predictions, c.eval_batch_size = 0.15, 64, 10, 64
 c.data.pairs_per_row = 1
 mesh = sharding.make_mesh(1, 1, 1)

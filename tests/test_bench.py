@@ -1,4 +1,4 @@
-"""bertjax/bench.py: the FLOPs formula against independent counts, and one tiny end-to-end run.
+"""bertjax/bench: the FLOPs formula against independent counts, and one tiny end-to-end run.
 
 The formula is checked two ways on a toy geometry where every term matters (attention is
 ~14% of the forward, the MLM head ~5%, and a dense head would add ~25%): exactly against the
@@ -22,9 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bertjax import bench
 from bertjax import config as config_lib
 from bertjax import model as model_lib
+from bertjax.bench import flops, report, runner
 
 TOY = model_lib.BertConfig(vocab_size=1000, hidden_size=128, num_layers=2, num_heads=2,
                            intermediate_size=512, max_position_embeddings=128,
@@ -73,14 +73,14 @@ def toy():
 def test_forward_flops_equal_the_models_matmuls(toy):
     params, forward, _ = toy
     counted = _dot_flops(jax.make_jaxpr(forward)(params).jaxpr)
-    formula = bench.model_flops(TOY, B, L, P, training=False, last_layer_rows=R)
+    formula = flops.model_flops(TOY, B, L, P, training=False, last_layer_rows=R)
     assert formula["total"] == pytest.approx(counted, rel=1e-9)
     # The test can tell a wrong formula: a dense MLM head, a forgotten attention term or the
     # whole last layer counted is off.
-    dense_head = bench.model_flops(TOY, B, L, L, training=False, last_layer_rows=R)["total"]
+    dense_head = flops.model_flops(TOY, B, L, L, training=False, last_layer_rows=R)["total"]
     assert abs(dense_head / counted - 1) > 0.15
     assert abs((formula["total"] - formula["attention"]) / counted - 1) > 0.1
-    whole = bench.model_flops(TOY, B, L, P, training=False)["total"]
+    whole = flops.model_flops(TOY, B, L, P, training=False)["total"]
     assert abs(whole / counted - 1) > 0.1
     # ... and the unpruned forward is what the whole last layer costs
     unpruned = _dot_flops(jax.make_jaxpr(lambda p: forward(p, False))(params).jaxpr)
@@ -90,7 +90,7 @@ def test_forward_flops_equal_the_models_matmuls(toy):
 def test_training_flops_are_three_forwards_of_the_gradient(toy):
     params, _, loss = toy
     counted = _dot_flops(jax.make_jaxpr(jax.grad(loss))(params).jaxpr)
-    assert bench.model_flops(TOY, B, L, P, last_layer_rows=R)["total"] == pytest.approx(
+    assert flops.model_flops(TOY, B, L, P, last_layer_rows=R)["total"] == pytest.approx(
         counted, rel=1e-9)
 
 
@@ -98,7 +98,7 @@ def test_forward_flops_within_xla_cost_analysis(toy):
     params, forward, _ = toy
     cost = jax.jit(forward).lower(params).cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    ratio = (bench.model_flops(TOY, B, L, P, training=False, last_layer_rows=R)["total"]
+    ratio = (flops.model_flops(TOY, B, L, P, training=False, last_layer_rows=R)["total"]
              / cost["flops"])
     # XLA also counts elementwise ops (GELU, LayerNorm, softmax, masking), which the model
     # FLOPs leave out: the formula is a little below XLA's count, never above it.
@@ -106,17 +106,17 @@ def test_forward_flops_within_xla_cost_analysis(toy):
 
 
 def test_peak_table_matches_device_kinds():
-    assert bench.table_peak_flops("NVIDIA H100 80GB HBM3") == 989e12
-    assert bench.table_peak_flops("NVIDIA H100 PCIe") == 756e12
-    assert bench.table_peak_flops("NVIDIA H200") == 989e12
-    assert bench.table_peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
-    assert bench.table_peak_flops("cpu") is None
+    assert flops.table_peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert flops.table_peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert flops.table_peak_flops("NVIDIA H200") == 989e12
+    assert flops.table_peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
+    assert flops.table_peak_flops("cpu") is None
 
 
 def _tiny_config(**overrides):
     c = config_lib.base_config()
-    bench.apply_overrides(c, **dict(dict(preset="tiny", batch=16, seq_len=32,
-                                         max_predictions=5, mesh="2,2,2", steps=3), **overrides))
+    runner.apply_overrides(c, **dict(dict(preset="tiny", batch=16, seq_len=32,
+                                          max_predictions=5, mesh="2,2,2", steps=3), **overrides))
     c.model.vocab_size = 1000
     return c
 
@@ -124,9 +124,9 @@ def _tiny_config(**overrides):
 @pytest.mark.slow
 def test_tiny_run_on_the_8_device_mesh_is_consistent(tmp_path):
     config = _tiny_config()
-    r = bench.run(config, steps=2, warmup=1, matmul_size=256)
+    r = runner.run(config, steps=2, warmup=1, matmul_size=256)
     path = tmp_path / "bench.json"
-    bench.write_json(r, str(path))
+    report.write_json(r, str(path))
     loaded = json.loads(path.read_text())
     assert loaded["setup"]["batch"] == 16 and loaded["setup"]["seq_len"] == 32
     assert loaded["num_devices"] == 8 and loaded["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2}
@@ -137,7 +137,7 @@ def test_tiny_run_on_the_8_device_mesh_is_consistent(tmp_path):
     assert loaded["tokens_per_s"] == pytest.approx(16 * 32 / step)
     assert loaded["sequences_per_s"] == pytest.approx(16 / step)
     cfg = config_lib.model_config(config)
-    assert loaded["flops_per_step"] == bench.model_flops(cfg, 16, 32, 5,
+    assert loaded["flops_per_step"] == flops.model_flops(cfg, 16, 32, 5,
                                                          last_layer_rows=5 + 1)["total"]
     assert loaded["achieved_flops_per_s"] == pytest.approx(loaded["flops_per_step"] / step)
     # On CPU the reference is the matmul measured in the same run; there is no datasheet.
@@ -162,11 +162,11 @@ def test_bad_inputs_stop_before_any_compile():
     with pytest.raises(config_lib.ConfigError, match="--mesh"):
         _tiny_config(mesh="2x2x2")
     with pytest.raises(config_lib.ConfigError, match="global_batch_size"):
-        bench.run(_tiny_config(batch=10), steps=1, warmup=0)  # 10 rows, 4 batch shards
+        runner.run(_tiny_config(batch=10), steps=1, warmup=0)  # 10 rows, 4 batch shards
 
 
 def test_module_imports_neither_torch_nor_tensorflow():
-    code = ("import sys, bertjax.bench; bad = [m for m in ('torch', 'tensorflow', "
+    code = ("import sys, bertjax.bench.__main__; bad = [m for m in ('torch', 'tensorflow', "
             "'transformers') if m in sys.modules]; sys.exit(f'imported {bad}' if bad else 0)")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=root)
@@ -176,15 +176,15 @@ def test_module_imports_neither_torch_nor_tensorflow():
 def test_compare_labels_are_dense_with_ignore_index_except_at_masked_positions():
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from bertjax import bench_compare
+    from bertjax.bench import compare
     from bertjax import synthetic
     batch = synthetic.batch(np.random.default_rng(0), 4, 32, 6, 1000)
-    labels = bench_compare.hf_inputs(batch)["labels"]  # [B, L]
-    expected = np.full((4, 32), bench_compare.IGNORE)
+    labels = compare.hf_inputs(batch)["labels"]  # [B, L]
+    expected = np.full((4, 32), compare.IGNORE)
     for i in range(4):
         for pos, label, w in zip(batch["masked_lm_positions"][i], batch["masked_lm_ids"][i],
                                  batch["masked_lm_weights"][i]):
             if w > 0:
                 expected[i, pos] = label
     np.testing.assert_array_equal(labels, expected)
-    assert (labels != bench_compare.IGNORE).sum() == batch["masked_lm_weights"].sum() > 0
+    assert (labels != compare.IGNORE).sum() == batch["masked_lm_weights"].sum() > 0

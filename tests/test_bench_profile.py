@@ -1,11 +1,11 @@
-"""bertjax.bench_profile: busy time as a union of intervals, kinds, top kernels, file lookup."""
+"""bertjax.bench.profile: busy time as a union of intervals, kinds, top kernels, file lookup."""
 
 import gzip
 import json
 
 import pytest
 
-from bertjax import bench_profile
+from bertjax.bench import profile
 
 
 def _trace():
@@ -30,7 +30,7 @@ def _trace():
 
 
 def test_busy_is_the_union_and_kinds_split_the_kernel_time():
-    s = bench_profile.summarize(_trace())
+    s = profile.summarize(_trace())
     (dev,) = s["devices"]
     assert dev["name"] == "/device:GPU:0"
     assert dev["window_us"] == 140
@@ -39,7 +39,7 @@ def test_busy_is_the_union_and_kinds_split_the_kernel_time():
     assert dev["kinds"] == {"matmul": 60, "reduction": 30, "rng": 20, "elementwise": 10}
     assert [t[0] for t in dev["top"]][:2] == ["sm90_xmma_gemm_bf16bf16_bf16f32",
                                              "input_reduce_fusion"]
-    text = bench_profile.format_summary(s, steps=2)
+    text = profile.format_summary(s, steps=2)
     assert "busy 0.1 ms = 78.6%" in text and "matmul 50.0%" in text
 
 
@@ -48,13 +48,13 @@ def test_find_trace_and_main(tmp_path, capsys):
     run.mkdir(parents=True)
     with gzip.open(run / "perfetto_trace.json.gz", "wt") as f:
         json.dump(_trace(), f)
-    assert bench_profile.find_trace(str(tmp_path)).endswith("perfetto_trace.json.gz")
-    assert bench_profile.main(["x", str(tmp_path)]) == 0
+    assert profile.find_trace(str(tmp_path)).endswith("perfetto_trace.json.gz")
+    assert profile.main(["x", str(tmp_path)]) == 0
     assert "sm90_xmma_gemm" in capsys.readouterr().out
-    assert bench_profile.main(["x", str(tmp_path / "missing")]) == 2
+    assert profile.main(["x", str(tmp_path / "missing")]) == 2
     assert "no perfetto_trace" in capsys.readouterr().err
 
 
 def test_a_trace_without_devices_says_so():
-    s = bench_profile.summarize({"traceEvents": _trace()["traceEvents"][4:5]})
-    assert "no GPU/TPU device events" in bench_profile.format_summary(s)
+    s = profile.summarize({"traceEvents": _trace()["traceEvents"][4:5]})
+    assert "no GPU/TPU device events" in profile.format_summary(s)

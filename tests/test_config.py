@@ -92,9 +92,12 @@ def test_checkpoints_from_before_new_identity_keys_still_resume():
     """A saved config without rng_impl / model.scan_layers / model.remat ran with their first
     defaults: no difference is reported against today's defaults, but a real change is."""
     from bertjax import checkpoint as ckpt_lib
+    from bertjax import rundir
     current = ckpt_lib.config_to_json(config_lib.base_config())
     old = json.loads(json.dumps(current))
     del old["rng_impl"], old["model"]["scan_layers"], old["model"]["remat"]
+    assert ckpt_lib.config_differences(old, current) != []  # not upgraded: they differ
+    old = rundir.upgrade(old)  # as every reader of a saved config gets it
     assert ckpt_lib.config_differences(old, current) == []
     changed = json.loads(json.dumps(current))
     changed["rng_impl"], changed["model"]["remat"] = "rbg", "full"

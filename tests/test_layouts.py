@@ -14,14 +14,14 @@ import pytest
 
 from bertjax import checkpoint as ckpt_lib
 from bertjax import config as config_lib
-from bertjax import convert
-from bertjax import convert_io
+from bertjax.interop import mapping as convert
+from bertjax.interop import checkpoints as convert_io
 from bertjax import loop
 from bertjax import model as model_lib
 from bertjax import sharding
 from bertjax import train
-from bertjax.tasks import encoder
-from bertjax.tasks.ft_config import finetune_config
+from bertjax.finetuning import encoder
+from bertjax.finetuning.defaults import finetune_config
 
 
 def _config(scan: bool):
@@ -76,7 +76,7 @@ def test_init_from_and_encoder_restore_read_either_layout(runs, saved_scanned, s
     state, fns = train.build(_config(scan_here), sharding.make_mesh(2, 2, 2))
     assert ("layers" in state.params["bert"]) == scan_here
     _equal(_per_layer(loop.init_params_from(workdir, state, fns.state_shardings).params), raw)
-    restored = encoder.restore_encoder(workdir, state, fns.state_shardings).params
+    restored = train.restore_params(workdir, state.params, fns.state_shardings.params, subtree="bert")
     assert ("layers" in restored["bert"]) == scan_here
     _equal(_per_layer(restored)["bert"], raw["bert"])
 
@@ -109,7 +109,7 @@ def test_fine_tuning_init_from_one_step_of_a_run(tmp_path):
     ft.init_from = step2
     assert encoder.model_config_for(ft).vocab_size == 512  # the run's sizes, read from step 2
     state, fns = train.build(_config(False), sharding.make_mesh(2, 2, 2))
-    restored = encoder.restore_encoder(step2, state, fns.state_shardings).params
+    restored = train.restore_params(step2, state.params, fns.state_shardings.params, subtree="bert")
     _equal(_per_layer(restored)["bert"], raw["bert"])
-    newest = encoder.restore_encoder(workdir, state, fns.state_shardings).params
+    newest = train.restore_params(workdir, state.params, fns.state_shardings.params, subtree="bert")
     assert not np.array_equal(newest["bert"]["pooler"]["kernel"], raw["bert"]["pooler"]["kernel"])

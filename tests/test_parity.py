@@ -1,4 +1,4 @@
-"""bertjax against transformers' PyTorch BERT, through bertjax/convert.py.
+"""bertjax against transformers' PyTorch BERT, through bertjax/interop/mapping.py.
 
 The reference is transformers.BertForPreTraining on CPU in float32, eval mode, eager attention,
 with every parameter (biases and LayerNorm affine included) randomized so that a mis-mapped
@@ -26,7 +26,7 @@ import pytest
 import torch
 import transformers
 
-from bertjax import convert
+from bertjax.interop import mapping as convert
 from bertjax import model
 from hf_reference import randomize_
 from tolerances import chained_sums, check_f32_close

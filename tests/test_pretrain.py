@@ -20,6 +20,7 @@ import pytest
 
 from bertjax import checkpoint as ckpt_lib
 from bertjax import config as config_lib
+from bertjax import rundir
 from bertjax import sharding
 from bertjax import train
 
@@ -213,11 +214,10 @@ def test_restore_onto_other_meshes(tmp_path):
 def test_init_from_takes_parameters_with_a_fresh_optimizer(straight, monkeypatch):
     phase1 = straight
     from bertjax import loop
-    from bertjax.tasks import features
     c = _tiny_config()
     c.model.vocab_size = 1000
     # the same model as the run's (its decoder tied or not, as configs/bert_tiny.py says)
-    c.model.tie_word_embeddings = features.latest_saved_config(phase1)["model"][
+    c.model.tie_word_embeddings = rundir.saved_config(phase1)["model"][
         "tie_word_embeddings"]
     state, fns = train.build(c, sharding.make_mesh(8, 1, 1))
     # given as the README's phase-2 command gives it: relative to the current directory
@@ -239,7 +239,7 @@ def test_consecutive_nonfinite_steps_stop_the_run_with_checkpoint_intact(tmp_pat
     c.total_steps, c.checkpoint_every, c.eval_every = 20, 2, 100
     c.data.inject_nan_from, c.max_nonfinite_steps, c.progress_bar = 4, 3, False
     c.async_checkpoints, c.log_every = False, 1
-    with pytest.raises(loop.NonFiniteError, match="3 steps in a row up to step 6"):
+    with pytest.raises(train.NonFiniteError, match="3 steps in a row up to step 6"):
         loop.run(c, str(tmp_path / "nan"))
     ck = ckpt_lib.Checkpointer(str(tmp_path / "nan" / "checkpoints"), every=2)
     latest = ck.latest_step()

@@ -1,5 +1,6 @@
 """Mesh construction, logical->mesh rules, and the golden partition specs of every parameter."""
 
+import logging
 import os
 
 import flax.linen as nn
@@ -27,9 +28,13 @@ def _table(mesh):
     return "\n".join(rows) + "\n"
 
 
-def test_partition_specs_match_golden_table():
+def test_partition_specs_match_golden_table(caplog, monkeypatch):
+    monkeypatch.setattr(sharding, "_LOGGED_FALLBACKS", set())
     mesh = sharding.make_mesh(2, 2, 2)
-    table = _table(mesh)
+    with caplog.at_level(logging.INFO, logger=sharding.__name__):
+        table = _table(mesh)
+    # every rule of the tiny model applies on 2×2×2: no parameter falls back, nothing is logged
+    assert [r.getMessage() for r in caplog.records if r.name == sharding.__name__] == []
     if os.environ.get("BERTJAX_REGEN_GOLDEN"):
         with open(GOLDEN, "w") as f:
             f.write(table)
@@ -66,6 +71,37 @@ def test_uneven_dimensions_fall_back_to_replication():
     # a batch of 2 on data×fsdp = 1×2 splits, a batch of 1 does not
     assert sharding.logical_to_spec(("act_batch",), (2,), mesh, rules) == P("fsdp")
     assert sharding.logical_to_spec(("act_batch",), (1,), mesh, rules) == P()
+
+
+def test_parameters_that_fall_back_to_replication_are_logged_once(caplog, monkeypatch):
+    monkeypatch.setattr(sharding, "_LOGGED_FALLBACKS", set())
+    mesh = sharding.make_mesh(1, 2, 4)
+    rules = tuple(sharding.DEFAULT_RULES) + (("rows", "tensor"), ("cols", "tensor"))
+    f32 = np.float32
+    abstract = {"emb": {"table": jax.ShapeDtypeStruct((30522, 128), f32)},  # 30522 % 4 != 0
+                "mlp": {"kernel": jax.ShapeDtypeStruct((128, 512), f32)},  # splits as asked
+                "square": jax.ShapeDtypeStruct((8, 8), f32)}  # tensor taken by the 1st dim
+    logical = {"emb": {"table": P("vocab", "embed")}, "mlp": {"kernel": P("embed", "mlp")},
+               "square": P("rows", "cols")}
+    with caplog.at_level(logging.INFO, logger=sharding.__name__):
+        for _ in range(3):  # called again (evaluation, restore): still one line per parameter
+            shardings = sharding.tree_shardings(abstract, logical, mesh, rules)
+    assert shardings["emb"]["table"].spec == P(None, "fsdp")
+    assert shardings["mlp"]["kernel"].spec == P("fsdp", "tensor")
+    assert shardings["square"].spec == P("tensor")
+    logged = [r for r in caplog.records if r.name == sharding.__name__]
+    records = {r.getMessage().split()[1]: r for r in logged}
+    assert len(logged) == 2 and sorted(records) == ["emb/table", "square"], [
+        r.getMessage() for r in logged]
+    uneven = records["emb/table"]
+    assert uneven.levelno == logging.WARNING
+    for needle in ("(30522, 128)", "('vocab', 'embed')", "replication",
+                   "30522 does not divide by mesh axis tensor=4"):
+        assert needle in uneven.getMessage(), uneven.getMessage()
+    taken = records["square"]
+    assert taken.levelno == logging.INFO
+    assert "(8, 8)" in taken.getMessage() and "mesh axis tensor already splits" in \
+        taken.getMessage()
 
 
 def test_mesh_shape_resolution_and_errors():

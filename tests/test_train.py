@@ -10,6 +10,7 @@ from bertjax import optim
 from bertjax import sharding
 from bertjax import synthetic
 from bertjax import train
+from train_steps import run_steps
 
 
 def _config(**overrides):
@@ -37,13 +38,7 @@ def _batches(c, n, seed=0):
 
 def _run(c, mesh, batches):
     state, fns = train.build(c, mesh)
-    step = train.jit_train_step(fns, batches[0])
-    shardings = train.batch_shardings(fns, batches[0])
-    losses = []
-    for b in batches:
-        state, m = step(state, multihost.global_batch(b, shardings))
-        losses.append(float(m["loss"]))
-    return state, losses, step
+    return run_steps(fns, state, batches)
 
 
 def _close(a, b, rtol):
@@ -235,12 +230,7 @@ def test_scanned_layers_train_like_unrolled_ones_on_a_sharded_mesh():
     assert query.sharding.spec[0] is None  # the layer axis itself is never split
     losses = {}
     for name, state, fns in (("unrolled", state_u, fns_u), ("scanned", state_s, fns_s)):
-        step = train.jit_train_step(fns, batches[0])
-        shardings = train.batch_shardings(fns, batches[0])
-        losses[name] = []
-        for b in batches:
-            state, m = step(state, multihost.global_batch(b, shardings))
-            losses[name].append(float(m["loss"]))
+        state, losses[name], _ = run_steps(fns, state, batches)
         if name == "unrolled":
             final_u = state.params
         else:

@@ -51,13 +51,13 @@ import torch
 import transformers
 
 from bertjax import config as config_lib
-from bertjax import convert
+from bertjax.interop import mapping as convert
 from bertjax import inputs
-from bertjax import multihost
 from bertjax import optim
 from bertjax import sharding
 from bertjax import train
 from hf_reference import randomize_
+from train_steps import run_steps
 
 VOCAB = 1000  # the prepared slice's tokenizer size; the tiny preset: 2 layers, 128 wide, 2 heads
 STEPS = 20
@@ -281,13 +281,7 @@ def _train_bertjax(c, mesh, init: dict[str, np.ndarray], batches) -> tuple[list[
     # The imported values in the state's own shardings; the optimizer state stays the fresh one
     # (zero moments, count 0), which does not depend on the values.
     params = jax.tree.map(lambda s, x: jax.device_put(x, s), fns.state_shardings.params, params)
-    state = state.replace(params=params)
-    step = train.jit_train_step(fns, batches[0])
-    shardings = train.batch_shardings(fns, batches[0])
-    losses = []
-    for b in batches:
-        state, metrics = step(state, multihost.global_batch(b, shardings))
-        losses.append(float(metrics["loss"]))
+    state, losses, _ = run_steps(fns, state.replace(params=params), batches)
     return losses, convert.params_to_hf(jax.device_get(state.params), cfg)
 
 

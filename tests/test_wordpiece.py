@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import transformers
 
-from bertjax import wordpiece
+from bertjax.data import wordpiece
 
 N_LINES = 1200
 

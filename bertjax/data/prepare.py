@@ -31,6 +31,7 @@ import os
 import sys
 from typing import Any, Iterator
 
+from bertjax.data import records
 from bertjax.data import text
 from bertjax.data import tokenizer as tok_lib
 from bertjax.data.errors import DataError
@@ -40,6 +41,25 @@ METADATA = "metadata.json"
 TOKENIZER = "tokenizer.model"
 _SHARD_BYTES = 32 << 20  # automatic shard count: about one shard per 32 MB of text
 
+
+
+def default_embedded_dir(vocab_size: int) -> str:
+    """Where the embedded corpus is prepared for a vocabulary size ($BERTJAX_CACHE or
+    ~/.cache/bertjax)."""
+    root = os.environ.get("BERTJAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache",
+                                                        "bertjax"))
+    return os.path.join(root, f"embedded-v{vocab_size}")
+
+
+def data_path(config: Any) -> str:
+    """The data a pre-training run config reads: the embedded corpus's prepared directory
+    (``config.data.path`` or the default cache, per vocabulary and document cap), else
+    ``config.data.path`` (a prepared directory or a TFRecord glob)."""
+    d = config.data
+    if d.source == "embedded":
+        base = d.path or default_embedded_dir(config.model.vocab_size)
+        return base if not d.max_documents else f"{base}-docs{d.max_documents}"
+    return d.path
 
 @dataclasses.dataclass
 class PrepareConfig:
@@ -422,8 +442,6 @@ def verify(data_dir: str) -> int:
       The number of documents read.
     """
     meta = load_metadata(data_dir)
-    from bertjax.data.sources import read_all_records
-
     total = 0
     for split in ("train", "eval"):
         for shard in meta["splits"][split]["shards"]:
@@ -433,5 +451,5 @@ def verify(data_dir: str) -> int:
                                 "file is corrupt or was changed); delete it and "
                                 f"shards/{shard['shard']:05d}.json, then rerun prepare with the "
                                 "same flags")
-            total += read_all_records(path)
+            total += records.read_all_records(path)
     return total

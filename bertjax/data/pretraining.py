@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from bertjax.data import masking, packing, pairs, sources
+from bertjax.data import masking, packing, pairs, records, sources
 from bertjax.data import tokenizer as tok_lib
 from bertjax.data.errors import DataError
 
@@ -66,11 +66,27 @@ def _records(files: list[str], seed: int, host: int, training: bool) -> tf.data.
                                   num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
-def _document_instances(files: list[str], *, seq_len: int, nsp: bool, short_seq_prob: float,
-                        seed: int, host: int, training: bool, doc_buffer: int,
-                        pairs_per_row: int = 1) -> tf.data.Dataset:
-    """Documents -> unbatched instances {tokens [L], seg_a [], label []} (int32, zero-padded),
-    or, with pairs_per_row > 1, packed rows (packing.pack_pairs' features, one row each)."""
+def document_instances(files: list[str], *, seq_len: int, nsp: bool, short_seq_prob: float,
+                       seed: int, host: int, training: bool, doc_buffer: int,
+                       pairs_per_row: int = 1) -> tf.data.Dataset:
+    """Prepared document files -> the unmasked, unbatched instance stream both iterators batch.
+
+    Args:
+      files: document TFRecord files (a prepared directory's shards).
+      seq_len: instance length L.
+      nsp: NSP pairs (pairs.nsp_instances) if True, else whole sentences packed into MLM-only
+        sequences (pairs.packed_sequences).
+      short_seq_prob: probability of a shorter target length for an NSP pair.
+      seed, host: seed the stateless randomness and the shuffles of this host's stream.
+      training: endless and shuffled (files, then `doc_buffer` documents) if True, else one
+        pass in file order.
+      doc_buffer: document shuffle buffer (training only).
+      pairs_per_row: > 1 packs up to this many NSP pairs into one row (packing.py).
+
+    Returns:
+      Instances {tokens [L], seg_a [], label []} (int32, zero-padded), or, with
+      pairs_per_row > 1, packed rows (packing.pack_pairs' features, one row each).
+    """
     ds = _records(files, seed, host, training)
     if training:
         ds = ds.shuffle(doc_buffer, seed=_mix(seed, host, "docs"), reshuffle_each_iteration=True)
@@ -158,9 +174,9 @@ class DataIterator:
             batch = next(self._iterator)
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
             for path in self.files:  # find the culprit only on failure: reading all is slow
-                sources.read_all_records(path)
+                records.read_all_records(path)
             if isinstance(e, tf.errors.DataLossError):
-                raise DataError(f"reading {len(self.files)} files failed ({sources.reason(e)}); "
+                raise DataError(f"reading {len(self.files)} files failed ({records.reason(e)}); "
                                 "check them with python -m bertjax.prepare --verify --output DIR"
                                 ) from None
             raise  # the files are intact: not a data problem
@@ -251,9 +267,9 @@ def make_pretraining_iterator(
         raise DataError(f"host {host_index} of {host_count} got {len(files)} training files with "
                         "no documents (expected at least one); prepare again with fewer "
                         "--num_shards or more text")
-    ds = _document_instances(files, seq_len=seq_len, nsp=nsp, short_seq_prob=short_seq_prob,
-                             seed=seed, host=host_index, training=True, doc_buffer=doc_buffer,
-                             pairs_per_row=pairs_per_row)
+    ds = document_instances(files, seq_len=seq_len, nsp=nsp, short_seq_prob=short_seq_prob,
+                            seed=seed, host=host_index, training=True, doc_buffer=doc_buffer,
+                            pairs_per_row=pairs_per_row)
     ds = ds.shuffle(shuffle_buffer, seed=instance_seed).batch(batch_size, drop_remainder=True)
     features = _masker(seq_len, max_predictions, source.vocab_size, mask_rate,
                        source.word_starts() if whole_word else None,
@@ -299,14 +315,14 @@ def make_eval_iterator(
             raise DataError(f"{source.data_dir} has no eval documents (expected some); prepare "
                             "again with a larger --eval_fraction, or evaluate on other data")
         # host=0: every host builds the same stream, then keeps its share of it.
-        instances = _document_instances(source.files, seq_len=seq_len, nsp=nsp,
-                                        short_seq_prob=short_seq_prob, seed=seed, host=0,
-                                        training=False, doc_buffer=0)
+        instances = document_instances(source.files, seq_len=seq_len, nsp=nsp,
+                                       short_seq_prob=short_seq_prob, seed=seed, host=0,
+                                       training=False, doc_buffer=0)
         empty = {"tokens": tf.zeros([seq_len], tf.int32), "seg_a": 0, "label": 0}
         features = _masker(seq_len, max_predictions, source.vocab_size, mask_rate,
                            source.word_starts() if whole_word else None,
                            _mix(seed, host_index, "eval-mask"))
-    num_batches = math.ceil(math.ceil(sources.count(instances) / host_count) / batch_size)
+    num_batches = math.ceil(math.ceil(records.count(instances) / host_count) / batch_size)
     padding = tf.data.Dataset.from_tensors({**empty, "example_mask": 0.0}).repeat()
     ds = instances.shard(host_count, host_index).map(lambda x: {**x, "example_mask": 1.0})
     ds = ds.concatenate(padding).take(num_batches * batch_size).batch(batch_size)

@@ -3,15 +3,14 @@
 `Source` resolves the `data` argument of the iterators: a directory written by bertjax.prepare
 (its metadata.json lists the shards) or TFRecord files made by google-research/bert's
 create_pretraining_data.py (already paired and masked; features stored as int64 lists and float
-weights). This module also assigns files to hosts and turns TFRecord corruption into a DataError
-that names the file.
+weights). This module also assigns files to hosts. Reading a whole file to find corruption is
+records.py's.
 """
 
 from __future__ import annotations
 
 import glob
 import os
-import re
 from typing import Sequence
 
 import numpy as np
@@ -23,33 +22,6 @@ from bertjax.data.errors import DataError
 
 BERT_KEYS = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids",
              "masked_lm_weights", "next_sentence_labels")
-
-
-def reason(error: tf.errors.OpError) -> str:
-    """The first line of a TensorFlow error without its graph-function and op decorations."""
-    text = re.sub(r"\{\{[^}]*\}\}\s*", "", str(error.message)).strip().splitlines()[0]
-    return re.sub(r"\s*\[Op:.*$", "", text)[:160]
-
-
-def count(ds: tf.data.Dataset) -> int:
-    """Number of elements of a finite dataset (one pass, in the TF runtime)."""
-    return int(ds.reduce(np.int64(0), lambda n, _: n + 1))
-
-
-def read_all_records(path: str) -> int:
-    """Reads every record of a TFRecord file (CRC-checked); DataError names the file if corrupt.
-
-    Args:
-      path: a TFRecord file.
-
-    Returns:
-      The number of records.
-    """
-    try:
-        return count(tf.data.TFRecordDataset(path))
-    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
-        raise DataError(f"TFRecord file {path} is corrupt or unreadable ({reason(e)}); expected "
-                        "intact records: delete it and rerun prepare (or copy it again)") from None
 
 
 def host_files(files: Sequence[str], host_index: int, host_count: int) -> list[str]:

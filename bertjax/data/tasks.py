@@ -11,7 +11,7 @@ lists let the fine-tuning command count, shuffle and featurise them however it l
 
 Bad input raises DataError with one line naming the file, the line, the offending value and what
 was expected. Tags are returned as written (CoNLL-2003's original files are IOB1; TFDS and most
-redistributions are IOB2); bertjax.tasks.ner scores either and converts IOB1 to IOB2.
+redistributions are IOB2); bertjax.finetuning.ner scores either and converts IOB1 to IOB2.
 
 No JAX here; TensorFlow Datasets is imported only by `tfds_examples`, which never downloads.
 """
@@ -24,7 +24,7 @@ import os
 from typing import Any, Iterator, Sequence
 
 from bertjax.data.errors import DataError
-from bertjax.tasks.metrics import GlueTask, glue_task
+from bertjax.data.glue import GlueTask, glue_task
 
 Example = dict[str, Any]
 
@@ -70,7 +70,7 @@ def read_glue(path: str, task: str | GlueTask) -> list[Example]:
 
     Args:
       path: the .tsv file.
-      task: GLUE task name or GlueTask (see bertjax.tasks.metrics.GLUE_TASKS).
+      task: GLUE task name or GlueTask (see bertjax.data.glue.GLUE_TASKS).
 
     Returns:
       [{"guid", "text_a", "text_b", "label"}]; guid is the file's index/id column if present,

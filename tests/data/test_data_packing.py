@@ -20,9 +20,9 @@ L, P, M = 128, 20, 3
 
 def _rows(prepared, pairs_per_row):
     source = sources.Source(prepared, "eval")
-    ds = pretraining._document_instances(source.files, seq_len=L, nsp=True, short_seq_prob=0.1,
-                                         seed=5, host=0, training=False, doc_buffer=0,
-                                         pairs_per_row=pairs_per_row)
+    ds = pretraining.document_instances(source.files, seq_len=L, nsp=True, short_seq_prob=0.1,
+                                        seed=5, host=0, training=False, doc_buffer=0,
+                                        pairs_per_row=pairs_per_row)
     return [{k: v.numpy() for k, v in row.items()} for row in ds]
 
 

@@ -29,7 +29,7 @@ def test_special_ids_and_round_trip(sentences, model_type, tmp_path):
     tok.save(path)
     tok = tok_lib.Tokenizer.load(path)
     for piece, i in {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4}.items():
-        assert tok._sp.id_to_piece(i) == piece
+        assert tok.id_to_piece(i) == piece
     ids = tok.encode(["Return the [MASK] of a [CLS] list."])[0]
     assert all(i not in (0, 2, 3, 4) for i in ids)  # literal "[MASK]" text is never a control id
     assert tok.decode(ids) == "Return the [MASK] of a [CLS] list."
@@ -41,7 +41,7 @@ def test_word_start_mask(sentences):
     assert starts.shape == (tok.vocab_size,) and starts.dtype == np.bool_
     assert starts[:tok_lib.NUM_SPECIAL].all()
     for i in range(tok_lib.NUM_SPECIAL, tok.vocab_size):
-        piece = tok._sp.id_to_piece(i)
+        piece = tok.id_to_piece(i)
         expected = piece.startswith("\u2581") or not any(c.isalnum() for c in piece)
         assert starts[i] == expected, piece
     # Every word of a sentence begins with exactly one word-start piece.
