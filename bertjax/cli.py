@@ -142,7 +142,8 @@ def start(argv: list[str], hint: str = "use --config.key=value") -> None:
 # would start JAX in a command that never needs it (prepare).
 _INPUT_ERRORS = (("bertjax.config", "ConfigError"), ("bertjax.data.errors", "DataError"),
                  ("bertjax.multihost", "ClusterError"),
-                 ("bertjax.train", "NonFiniteError"))  # a run of skipped steps, in any loop
+                 ("bertjax.train", "NonFiniteError"),  # a run of skipped steps, in any loop
+                 ("bertjax.lock", "Busy"))  # another process writes the same workdir
 
 
 @contextlib.contextmanager
@@ -162,6 +163,25 @@ def input_errors(debug: bool, *more: type[BaseException]) -> Iterator[None]:
 
 def run(main: Callable[[list[str]], None], verbosity: int = logging.WARNING) -> None:
     """Runs a command's ``main`` under absl with ``parse_flags`` (one-line flag errors). Logs
-    show from WARNING up (orbax and jax are chatty at INFO; ``--verbosity=0`` shows them)."""
+    show from WARNING up (orbax and jax are chatty at INFO; ``--verbosity=0`` shows them).
+
+    A loop that stopped on request after saving (multihost.Stopped: SIGTERM, a first Ctrl-C)
+    ends with its one line and exit code (0, or 130 after Ctrl-C); a second Ctrl-C, or one
+    outside a training loop, stops at once with one line and exit 130."""
     logging.set_verbosity(verbosity)
-    app.run(main, flags_parser=parse_flags)
+
+    def guarded(argv: list[str]) -> None:
+        try:
+            main(argv)
+        except KeyboardInterrupt:
+            print("interrupted: stopped at once; a workdir keeps its last complete checkpoint",
+                  file=sys.stderr, flush=True)
+            sys.exit(130)
+        except BaseException as e:
+            multihost = sys.modules.get("bertjax.multihost")  # loaded once a loop ran
+            if multihost is None or not isinstance(e, multihost.Stopped):
+                raise
+            print(str(e), file=sys.stderr, flush=True)
+            sys.exit(e.exit_code)
+
+    app.run(guarded, flags_parser=parse_flags)

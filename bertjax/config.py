@@ -198,7 +198,8 @@ def model_config(config: ml_collections.ConfigDict) -> model_lib.BertConfig:
         sizes["intermediate_size"] = 4 * sizes["hidden_size"]
     try:
         return model_lib.BertConfig.preset(
-            "base" if m.preset == "custom" else m.preset, **sizes, vocab_size=m.vocab_size, max_position_embeddings=m.max_position_embeddings,
+            "base" if m.preset == "custom" else m.preset, **sizes, vocab_size=m.vocab_size,
+            max_position_embeddings=m.max_position_embeddings,
             type_vocab_size=m.type_vocab_size, hidden_dropout=m.hidden_dropout,
             attention_dropout=m.attention_dropout, hidden_act=m.hidden_act, dtype=m.dtype,
             param_dtype=m.param_dtype, attention_impl=m.attention_impl,

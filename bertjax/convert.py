@@ -2,17 +2,20 @@
 
   --from=hf --input=HF_DIR --output=WORKDIR   config.json + model.safetensors (or .bin)
   --from=tf --input=TF_DIR --output=WORKDIR   google-research/bert: bert_config.json + *.ckpt
-  --to=hf --input=WORKDIR --output=HF_DIR     for transformers' BertModel / BertForPreTraining
+  --to=hf --input=WORKDIR --output=HF_DIR     for transformers: BertForPreTraining (a
+                                              pre-training run, an import), a fine-tuning as
+                                              BertFor{SequenceClassification,TokenClassification,
+                                              QuestionAnswering} with its head (a mean-pooling
+                                              classifier: trust_remote_code=True); tokenizer too
 
 An imported WORKDIR is usable as ``--config.init_from=WORKDIR`` of bertjax.pretrain. Kept short
 on purpose: the work is in bertjax/interop/.
 """
 
-import os
-
 from absl import flags
 
 from bertjax import cli
+from bertjax import lock
 
 _DEBUG = cli.define_debug_flag()
 _FROM = flags.DEFINE_enum("from", None, ["hf", "tf"], "Import this checkpoint format.")
@@ -36,6 +39,20 @@ def _print_import(s) -> None:
     print(f"use it with: python -m bertjax.pretrain --config.init_from={s.workdir}")
 
 
+def _print_export(s) -> None:
+    if s.skipped:
+        print(f"warning: --input={_INPUT.value}: passed over step directories "
+              f"{', '.join(s.skipped)}; exported step {s.step}", flush=True)
+    cfg = s.exported.cfg
+    print(f"exported step {s.step} of {_INPUT.value} ({s.kind}, {cfg.num_layers} layers, hidden "
+          f"{cfg.hidden_size}) to {s.output} for transformers.{s.exported.architecture}"
+          + (f" (no tokenizer files: {s.tokenizer})" if s.tokenizer else ""))
+    if s.exported.left_out:
+        print(f"note: {s.exported.left_out}")
+    if s.exported.load:
+        print(f"load: {s.exported.load}")
+
+
 def main(argv):
     cli.start(argv, "use --flag=value")
     if (_FROM.value is None) == (_TO.value is None):
@@ -44,15 +61,13 @@ def main(argv):
         cli.fail("--input and --output are both required")
     from bertjax.interop import checkpoints  # after flag parsing: jax starts here
 
-    with cli.input_errors(_DEBUG.value, checkpoints.ConvertError):
+    with cli.input_errors(_DEBUG.value, checkpoints.ConvertError), \
+            lock.hold(_OUTPUT.value, inside=False, what="--output"):
         if _FROM.value:
             _print_import(checkpoints.import_checkpoint(_FROM.value, _INPUT.value, _OUTPUT.value,
                                                         _LOWER.value))
         else:
-            cfg, step, tokenizer = checkpoints.export_hf(_INPUT.value, _OUTPUT.value)
-            print(f"exported step {step} of {_INPUT.value} ({cfg.num_layers} layers, hidden "
-                  f"{cfg.hidden_size}) to {os.path.abspath(_OUTPUT.value)}"
-                  f"{'' if tokenizer else ' (no vocab.txt in the workdir: no tokenizer files)'}")
+            _print_export(checkpoints.export(_INPUT.value, _OUTPUT.value))
 
 
 if __name__ == "__main__":

@@ -6,12 +6,14 @@
 Kept short on purpose: flags, then the library (bertjax/finetuning/embedding.py) does the work.
 ``--input``: one sentence per line -> float32 [N, D] .npy. ``--pairs``: two tab-separated
 sentences per line (optional third column: a gold score) -> cosine similarities, and Pearson /
-Spearman against the gold scores when present.
+Spearman against the gold scores when present. An existing ``--output`` is refused unless
+``--overwrite``.
 """
 
 from absl import flags
 
 from bertjax import cli
+from bertjax import lock
 
 _DEBUG = cli.define_debug_flag()
 _INIT_FROM = flags.DEFINE_string(
@@ -39,6 +41,8 @@ _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute
 _PACK = flags.DEFINE_integer("examples_per_row", 1, "Up to this many sentences share a row "
                              "(attention kept within each; the same embeddings up to float "
                              "rounding, several times faster for short sentences).")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing --output file "
+                                "(without it an existing file is refused, nothing computed).")
 
 
 def main(argv):
@@ -52,7 +56,10 @@ def main(argv):
         dtype=_DTYPE.value, examples_per_row=_PACK.value)
     with cli.input_errors(_DEBUG.value):
         multihost.initialize()  # several processes: BERTJAX_* variables (launch/local.py)
-        embedding.run(settings, _INPUT.value, _PAIRS.value, _OUTPUT.value)
+        with lock.hold(_OUTPUT.value, inside=False, what="--output",
+                       chief=multihost.is_chief()):
+            embedding.run(settings, _INPUT.value, _PAIRS.value, _OUTPUT.value,
+                          overwrite=_OVERWRITE.value)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,10 @@
 
 TensorFlow is imported only here, lazily, and only for the tf.data sources; this module never
 hands TensorFlow objects to the JAX side, only numpy dicts and iterators with save/restore.
+
+``check`` (and ``ensure_prepared`` for the embedded corpus) validate the data before anything is
+compiled: a damaged prepared directory, a tokenizer that is not the one the shards were made
+with, or ids the model's embedding table cannot hold stop the run in one line, not as NaN steps.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ import numpy as np
 
 from bertjax import multihost
 from bertjax import synthetic
+from bertjax.data import prepare as prepare_lib  # TensorFlow-free to import
+from bertjax.data import records
+from bertjax.data.errors import DataError
 from bertjax.data.prepare import data_path  # noqa: F401 (where a config's data lives)
 
 SOURCES = ("embedded", "prepared", "bert_tfrecords", "synthetic")
@@ -82,13 +89,23 @@ class SyntheticIterator:
 
 
 def check(config: Any) -> None:
-    """Validates the data config without reading data (runs before any compile)."""
+    """Validates the data config before anything is compiled or written, reading no records:
+    for prepared data (and an embedded corpus prepared earlier) metadata.json, every shard's
+    presence and size, the tokenizer's sha256 and piece count against the metadata and the
+    model's vocab_size; for google-research/bert TFRecords, that the glob names non-empty files.
+    """
     d = config.data
     if d.source not in SOURCES:
         raise InputError(f"config.data.source={d.source!r}; expected one of {SOURCES}")
     if d.source in ("prepared", "bert_tfrecords") and not d.path:
         raise InputError(f"config.data.source={d.source!r} needs config.data.path (a directory "
                          "from python -m bertjax.prepare, or a TFRecord glob)")
+    path = data_path(config)
+    if d.source in ("prepared", "embedded") and os.path.exists(path) and not os.path.isdir(path):
+        raise InputError(f"config.data.path={path!r} is a file (expected the directory python -m "
+                         "bertjax.prepare wrote, which holds metadata.json); pass that directory"
+                         + (" or use config.data.source=bert_tfrecords for TFRecord files"
+                            if d.source == "prepared" else ""))
     if d.source == "prepared" and not os.path.exists(os.path.join(d.path, "metadata.json")):
         raise InputError(f"config.data.path={d.path!r} holds no complete preparation (no "
                          "metadata.json); run python -m bertjax.prepare --output there first")
@@ -103,20 +120,32 @@ def check(config: Any) -> None:
             "google-research/bert TFRecords (paired and padded already)"
         raise InputError(f"config.data.pairs_per_row={packs} packs NSP pairs, which {what} do not "
                          "have; set --config.data.pairs_per_row=1")
+    try:  # the files last: stats and one sha256, after the config's own values
+        if d.source == "prepared" or (d.source == "embedded" and os.path.exists(
+                os.path.join(path, prepare_lib.METADATA))):
+            prepare_lib.check_prepared(path, config.model.vocab_size)
+        elif d.source == "bert_tfrecords":
+            records.expand_files(d.path)
+    except DataError as e:
+        raise InputError(str(e)) from None
 
 
 def ensure_prepared(config: Any) -> None:
-    """Prepares the embedded corpus on first use (process 0 works, the others wait)."""
+    """Prepares the embedded corpus on first use (process 0 works, the others wait), then
+    checks it as ``check`` checks prepared data."""
     if config.data.source != "embedded":
         return
     path = data_path(config)
     if multihost.is_chief() and not os.path.exists(os.path.join(path, "metadata.json")):
-        from bertjax.data import prepare as prepare_lib  # TensorFlow-side, lazily
         print(f"preparing the embedded corpus into {path} (once) ...", flush=True)
         prepare_lib.prepare(prepare_lib.PrepareConfig(
             input="embedded", output=path, vocab_size=config.model.vocab_size,
             num_shards=8, max_documents=config.data.max_documents or None))
     multihost.barrier("embedded corpus prepared")
+    try:  # what check() does for prepared data, now that the corpus exists
+        prepare_lib.check_prepared(path, config.model.vocab_size)
+    except DataError as e:
+        raise InputError(str(e)) from None
 
 
 def _tf_kwargs(config: Any) -> dict:

@@ -1,12 +1,14 @@
 """The pre-training loop, in readable phases (``run``):
 
-  1. check     config, data config and workdir, before anything is compiled or written;
+  1. check     config, data config and workdir, before anything is compiled or written; the
+               workdir is then locked against a second process (bertjax.rundir.lock);
   2. build     mesh, the train state born sharded, input iterators;
   3. restore   the latest complete checkpoint of this workdir (exact resume), else
                ``config.init_from`` parameters, else the fresh initialisation;
   4. compile   the train and eval steps ahead of time; memory analysis logged before step 0;
   5. train     dispatch step t, then read step t-1's metrics (never block the device); evaluate
-               and checkpoint on their cadences; SIGTERM finishes the step, saves and exits 0;
+               and checkpoint on their cadences; SIGTERM (or a first Ctrl-C) finishes the step,
+               saves it and stops with multihost.Stopped (exit 0; 130 after Ctrl-C);
   6. report    final evaluation, summary, curves.png.
 """
 
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import time
 from typing import Any
 
@@ -25,6 +26,7 @@ from etils import epath  # local paths and gs:// alike
 from bertjax import checkpoint as ckpt_lib
 from bertjax import config as config_lib
 from bertjax import inputs
+from bertjax import lock
 from bertjax import multihost
 from bertjax import report
 from bertjax import rundir
@@ -32,30 +34,8 @@ from bertjax import sharding
 from bertjax import train
 
 
-class Preempted:
-    """Turns SIGTERM into a flag the loop checks after each step (one process).
-
-    With several processes JAX's own preemption notifier owns SIGTERM: a signal on any host
-    makes ``reached_preemption(step)`` true on every host at the same step, so all of them save
-    that step together. A Python handler would take the signal away from it, so none is set.
-    """
-
-    def __init__(self):
-        self.flag = False
-        if multihost.process_count() > 1:
-            return
-        try:
-            signal.signal(signal.SIGTERM, self._handler)
-        except ValueError:  # not the main thread (tests)
-            pass
-
-    def _handler(self, signum, frame):
-        del signum, frame
-        self.flag = True
-
-
-def check_workdir(workdir: str, config: Any, allow_config_change: bool) -> ckpt_lib.Checkpointer:
-    """Creates/opens the workdir's checkpoints; refuses a workdir of a different run."""
+def check_writable(workdir: str) -> None:
+    """Creates the workdir and proves it writable, or stops with one line."""
     try:
         root = epath.Path(workdir)
         root.mkdir(parents=True, exist_ok=True)
@@ -66,6 +46,11 @@ def check_workdir(workdir: str, config: Any, allow_config_change: bool) -> ckpt_
         raise config_lib.ConfigError(f"--workdir={workdir} is not writable "
                                      f"({getattr(e, 'strerror', None) or type(e).__name__}); "
                                      "choose a directory you can write to") from None
+
+
+def open_checkpoints(workdir: str, config: Any,
+                     allow_config_change: bool) -> ckpt_lib.Checkpointer:
+    """Opens the workdir's checkpoints; refuses a workdir of a different run."""
     ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint_every,
                                  config.keep_checkpoints, config.keep_period or None,
                                  config.async_checkpoints)
@@ -73,6 +58,7 @@ def check_workdir(workdir: str, config: Any, allow_config_change: bool) -> ckpt_
     if saved is not None and not allow_config_change:
         diffs = ckpt_lib.config_differences(saved, ckpt_lib.config_to_json(config))
         if diffs:
+            ckpt.close()
             raise config_lib.ConfigError(
                 f"--workdir={workdir} holds a run with a different config ({'; '.join(diffs[:3])}"
                 f"{' ...' if len(diffs) > 3 else ''}); use another workdir or pass "
@@ -161,7 +147,7 @@ def _finished(workdir: str, step: int, total_steps: int, chief: bool) -> dict[st
         lines["metrics"] = os.path.join(workdir, "metrics.jsonl")
         print(report.summary(lines), flush=True)
     return {"step": step, "train": last["train"], "eval": last["eval"], "tokens_per_s": 0.0,
-            "data_wait_share": 0.0, "preempted": False}
+            "data_wait_share": 0.0}
 
 
 def _memory_line(compiled: Any) -> str:
@@ -177,6 +163,71 @@ def _memory_line(compiled: Any) -> str:
             f"{mem.temp_size_in_bytes * gib:.3f} GiB")
 
 
+def _restore(config: Any, workdir: str, ckpt: ckpt_lib.Checkpointer, state: train.TrainState,
+             fns: train.StepFns, train_it: Any) -> tuple[train.TrainState, int]:
+    """Phase 3: the newest complete checkpoint of this workdir (state and the data iterator,
+    exactly), else ``config.init_from``'s parameters, else the fresh state; (state, step)."""
+    start = ckpt.latest_step()
+    if start is None:
+        if config.init_from:
+            state = init_params_from(config.init_from, state, fns.state_shardings)
+        return state, 0
+    abstract = ckpt_lib.abstract_like(state, fns.state_shardings)
+    del state  # free the fresh init before the restored copy arrives
+    state, start = ckpt.restore(abstract, train_it)
+    logging.info("resumed from step %d of %s", start, workdir)
+    if multihost.is_chief():
+        print(f"resuming from checkpoint step {start} in {workdir}", flush=True)
+    return state, start
+
+
+def _compile(fns: train.StepFns, state: train.TrainState, first: dict, eval_it: Any,
+             chief: bool) -> tuple[Any, dict, Any, dict]:
+    """Phase 4: the train step compiled ahead of time on the first batch (memory analysis
+    printed before step 0) and the eval step jitted; (step, its batch shardings, eval step,
+    its batch shardings)."""
+    def global_like(batch):
+        return {k: np.zeros((v.shape[0] * multihost.process_count(),) + v.shape[1:], v.dtype)
+                for k, v in batch.items()}
+
+    like = global_like(first)
+    batch_sh = train.batch_shardings(fns, like)
+    t0 = time.perf_counter()
+    step_fn = train.jit_train_step(fns, like).lower(
+        state, multihost.global_batch(first, batch_sh)).compile()
+    if chief:
+        print(f"train step compiled in {time.perf_counter() - t0:.1f} s; "
+              f"{_memory_line(step_fn)}", flush=True)
+    eval_like = global_like(next(iter(eval_it)))
+    return (step_fn, batch_sh, train.jit_eval_step(fns, eval_like),
+            train.batch_shardings(fns, eval_like))
+
+
+def _report(config: Any, workdir: str, mesh_shape: dict, metrics_path: str, eval_it: Any,
+            result: dict[str, Any]) -> None:
+    """Phase 6 (chief): the most-frequent-token baseline into ``result``, curves.png and the
+    summary table."""
+    last, last_eval = result["train"], result["eval"]
+    result["majority_baseline"] = majority_baseline(eval_it)
+    png = report.plot_curves(workdir)
+    print(report.summary({
+        "workdir": workdir, "steps": f"{result['step']} / {config.total_steps}",
+        "model": f"{config.model.preset} ({config.model.vocab_size} vocab)",
+        "mesh": mesh_shape,
+        "final train loss": f"{last.get('loss', float('nan')):.4f}",
+        "eval loss": f"{last_eval['loss']:.4f}",
+        "eval MLM accuracy": f"{last_eval['mlm_accuracy']:.4f}",
+        "most-frequent-token acc.": f"{result['majority_baseline']:.4f}",
+        "eval NSP accuracy": (f"{last_eval['nsp_accuracy']:.4f}" if "nsp_accuracy" in last_eval
+                              else "not trained (config.nsp=False: MLM only)"),
+        "throughput": f"{result['tokens_per_s']:,.0f} tokens/s, "
+                      f"{result['real_tokens_per_s']:,.0f} of them not padding "
+                      f"({100 * result['padding_share']:.1f}% padding)",
+        "waiting for data": f"{100 * result['data_wait_share']:.2f}% of the time",
+        "curves": png, "metrics": metrics_path,
+    }), flush=True)
+
+
 def run(config: Any, workdir: str, allow_config_change: bool = False) -> dict[str, Any]:
     """Pre-trains (or resumes) per ``config`` in ``workdir``; returns the final summary."""
     # 1. check
@@ -187,7 +238,15 @@ def run(config: Any, workdir: str, allow_config_change: bool = False) -> dict[st
         raise config_lib.ConfigError(str(e)) from None
     if config.init_from:
         rundir.resolve(config.init_from)  # a missing or empty one stops here, in one line
-    ckpt = check_workdir(workdir, config, allow_config_change)
+    check_writable(workdir)
+    with lock.hold(workdir, chief=multihost.is_chief()), multihost.StopRequests() as stops:
+        return _run(config, workdir, allow_config_change, shape, stops)
+
+
+def _run(config: Any, workdir: str, allow_config_change: bool, shape: tuple[int, int, int],
+         stops: multihost.StopRequests) -> dict[str, Any]:
+    """Phases 2-6 of ``run``, with the workdir locked and stop requests armed."""
+    ckpt = open_checkpoints(workdir, config, allow_config_change)
     chief = multihost.is_chief()
     writer = report.MetricsWriter(workdir, enabled=chief)
 
@@ -199,18 +258,7 @@ def run(config: Any, workdir: str, allow_config_change: bool = False) -> dict[st
     state, fns = train.build(config, mesh)
 
     # 3. restore
-    start = ckpt.latest_step()
-    if start is not None:
-        abstract = ckpt_lib.abstract_like(state, fns.state_shardings)
-        del state  # free the fresh init before the restored copy arrives
-        state, start = ckpt.restore(abstract, train_it)
-        logging.info("resumed from step %d of %s", start, workdir)
-        if chief:
-            print(f"resuming from checkpoint step {start} in {workdir}", flush=True)
-    else:
-        start = 0
-        if config.init_from:
-            state = init_params_from(config.init_from, state, fns.state_shardings)
+    state, start = _restore(config, workdir, ckpt, state, fns, train_it)
 
     if start >= config.total_steps:  # finished earlier: say so, compile nothing
         ckpt.close()
@@ -218,23 +266,9 @@ def run(config: Any, workdir: str, allow_config_change: bool = False) -> dict[st
 
     # 4. compile
     first = next(train_it)
-    global_like = {k: np.zeros((v.shape[0] * multihost.process_count(),) + v.shape[1:], v.dtype)
-                   for k, v in first.items()}
-    batch_sh = train.batch_shardings(fns, global_like)
-    t0 = time.perf_counter()
-    step_fn = train.jit_train_step(fns, global_like).lower(
-        state, multihost.global_batch(first, batch_sh)).compile()
-    if chief:
-        print(f"train step compiled in {time.perf_counter() - t0:.1f} s; "
-              f"{_memory_line(step_fn)}", flush=True)
-    eval_batch = next(iter(eval_it))
-    eval_like = {k: np.zeros((v.shape[0] * multihost.process_count(),) + v.shape[1:], v.dtype)
-                 for k, v in eval_batch.items()}
-    eval_sh = train.batch_shardings(fns, eval_like)
-    eval_fn = train.jit_eval_step(fns, eval_like)
+    step_fn, batch_sh, eval_fn, eval_sh = _compile(fns, state, first, eval_it, chief)
 
     # 5. train
-    preempted = Preempted()
     tokens = config.global_batch_size * config.max_seq_length
     progress = None
     if chief and config.progress_bar:
@@ -259,43 +293,43 @@ def run(config: Any, workdir: str, allow_config_change: bool = False) -> dict[st
                                  mlm_acc=f"{values['mlm_accuracy']:.3f}", tok_s=f"{rate:,.0f}")
         return values
 
-    for step in range(start, config.total_steps):
-        if batch is None:
-            t = time.perf_counter()
-            batch = next(train_it)
-            data_wait += time.perf_counter() - t
-        state, metrics = step_fn(state, multihost.global_batch(batch, batch_sh))
-        batch = None
-        if pending is not None:  # step t is queued; reading t-1 now does not stall the device
+    try:  # an error mid-loop (non-finite steps, data) prints on its own line, not the bar's
+        for step in range(start, config.total_steps):
+            if batch is None:
+                t = time.perf_counter()
+                batch = next(train_it)
+                data_wait += time.perf_counter() - t
+            state, metrics = step_fn(state, multihost.global_batch(batch, batch_sh))
+            batch = None
+            if pending is not None:  # step t is queued; reading t-1 now does not stall the device
+                last = drain(pending)
+                if config.max_nonfinite_steps and last["bad_streak"] >= config.max_nonfinite_steps:
+                    ckpt.close()  # let an in-flight save of a good step finish first
+                    kept = ckpt.latest_step()
+                    train.check_bad_streak(
+                        last["bad_streak"], config.max_nonfinite_steps, pending[0],
+                        "no checkpoint was saved before them" if kept is None else
+                        f"the run stops with its last checkpoint (step {kept}) intact")
+                if last["bad_streak"] > 0:
+                    logging.warning("step %d: non-finite loss or gradient, update skipped",
+                                    pending[0])
+            pending = (step + 1, metrics)
+            done = step + 1
+            if done % config.eval_every == 0 or done == config.total_steps:
+                last_eval = evaluate(eval_fn, state.params, eval_it, eval_sh)
+                writer.write(done, "eval", last_eval)
+            stop = stops.requested or ckpt.reached_preemption(done)
+            if stop or done % config.checkpoint_every == 0 or done == config.total_steps:
+                ckpt.save(done, state, config, train_it, force=True)
+            if stop:
+                break
+        if pending is not None:
             last = drain(pending)
-            if config.max_nonfinite_steps and last["bad_streak"] >= config.max_nonfinite_steps:
-                ckpt.close()  # let an in-flight save of a good step finish first
-                kept = ckpt.latest_step()
-                train.check_bad_streak(
-                    last["bad_streak"], config.max_nonfinite_steps, pending[0],
-                    "no checkpoint was saved before them" if kept is None else
-                    f"the run stops with its last checkpoint (step {kept}) intact")
-            if last["bad_streak"] > 0:
-                logging.warning("step %d: non-finite loss or gradient, update skipped",
-                                pending[0])
-        pending = (step + 1, metrics)
-        done = step + 1
-        if done % config.eval_every == 0 or done == config.total_steps:
-            last_eval = evaluate(eval_fn, state.params, eval_it, eval_sh)
-            writer.write(done, "eval", last_eval)
-        stop = preempted.flag or ckpt.reached_preemption(done)
-        if stop or done % config.checkpoint_every == 0 or done == config.total_steps:
-            ckpt.save(done, state, config, train_it, force=True)
-        if stop:
-            logging.warning("SIGTERM: saved step %d; exiting so the next start resumes there", done)
-            break
-    if pending is not None:
-        last = drain(pending)
+    finally:
+        if progress is not None:
+            progress.close()
     elapsed = time.perf_counter() - t_start
-    preempted.flag = preempted.flag or stop
     ckpt.close()
-    if progress is not None:
-        progress.close()
     writer.flush()
 
     # 6. report
@@ -305,25 +339,12 @@ def run(config: Any, workdir: str, allow_config_change: bool = False) -> dict[st
               # tokens that are not padding: what packing (config.data.pairs_per_row) raises
               "real_tokens_per_s": real_tokens / max(elapsed, 1e-9),
               "padding_share": 1.0 - real_tokens / max(tokens * steps_run, 1),
-              "data_wait_share": data_wait / max(elapsed, 1e-9),
-              "preempted": preempted.flag}
-    if chief and not preempted.flag and last_eval:
-        result["majority_baseline"] = majority_baseline(eval_it)
-        png = report.plot_curves(workdir)
-        print(report.summary({
-            "workdir": workdir, "steps": f"{result['step']} / {config.total_steps}",
-            "model": f"{config.model.preset} ({config.model.vocab_size} vocab)",
-            "mesh": dict(mesh.shape),
-            "final train loss": f"{last.get('loss', float('nan')):.4f}",
-            "eval loss": f"{last_eval['loss']:.4f}",
-            "eval MLM accuracy": f"{last_eval['mlm_accuracy']:.4f}",
-            "most-frequent-token acc.": f"{result['majority_baseline']:.4f}",
-            "eval NSP accuracy": (f"{last_eval['nsp_accuracy']:.4f}" if "nsp_accuracy" in last_eval
-                                  else "not trained (config.nsp=False: MLM only)"),
-            "throughput": f"{result['tokens_per_s']:,.0f} tokens/s, "
-                          f"{result['real_tokens_per_s']:,.0f} of them not padding "
-                          f"({100 * result['padding_share']:.1f}% padding)",
-            "waiting for data": f"{100 * result['data_wait_share']:.2f}% of the time",
-            "curves": png, "metrics": writer.path,
-        }), flush=True)
+              "data_wait_share": data_wait / max(elapsed, 1e-9)}
+    if stop:  # saved; the command says so and exits (130 after Ctrl-C)
+        signal_name = stops.signal or "SIGTERM"  # a preemption another host was told of
+        raise multihost.Stopped(
+            f"stopped by {signal_name}: saved step {result['step']} in {workdir}; run the same "
+            "command to resume from it", 130 if signal_name == "SIGINT" else 0)
+    if chief and last_eval:
+        _report(config, workdir, dict(mesh.shape), writer.path, eval_it, result)
     return result

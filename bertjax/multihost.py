@@ -1,7 +1,8 @@
 """Processes and hosts: the only module that knows about process_index / process_count.
 
-Turns each host's local numpy batch into one global jax.Array sharded on the mesh, and answers
-"am I the chief" for logging and writing.
+Turns each host's local numpy batch into one global jax.Array sharded on the mesh, answers
+"am I the chief" for logging and writing, and turns SIGTERM / Ctrl-C into a request the
+training loops honour after a step (``StopRequests``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import hashlib
 import json
 import logging
 import os
+import signal
+import sys
 from typing import Any
 
 import jax
@@ -18,6 +21,63 @@ import numpy as np
 
 class ClusterError(RuntimeError):
     """Hosts disagree, or the distributed runtime could not start; the message says which."""
+
+
+class Stopped(Exception):
+    """A training loop stopped on request after saving its step; the command prints the
+    message and exits with ``exit_code`` (0 for SIGTERM / a preemption, 130 for Ctrl-C)."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class StopRequests:
+    """SIGTERM and a first Ctrl-C (SIGINT) become a request the loop reads after each step:
+    it finishes the step, saves it and stops. A second Ctrl-C stops at once
+    (KeyboardInterrupt), leaving the last complete checkpoint.
+
+    One process only. With several, JAX's preemption notifier owns SIGTERM (a signal on any
+    host makes the checkpoint manager's ``reached_preemption(step)`` true on every host at the
+    same step) and a Python handler would take the signal away from it; Ctrl-C reaches one
+    host, which cannot save alone, so it keeps Python's default (stop at once) there.
+    Use as a context manager: the previous handlers come back on exit.
+    """
+
+    def __init__(self, say: Any = None):
+        self.signal: str | None = None  # "SIGTERM" or "SIGINT" once requested
+        self._say = say or (lambda text: print(text, file=sys.stderr, flush=True))
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopRequests":
+        if process_count() > 1:
+            return self
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread (tests): no handlers
+                break
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        del frame
+        name = signal.Signals(signum).name
+        if name == "SIGINT" and self.signal == "SIGINT":
+            raise KeyboardInterrupt  # the second Ctrl-C: now
+        if self.signal is None:
+            self.signal = name
+            if name == "SIGINT":
+                self._say("interrupted: finishing this step and saving it; press Ctrl-C "
+                          "again to stop at once (the last complete checkpoint stays)")
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
 
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None,

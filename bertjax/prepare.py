@@ -18,6 +18,7 @@ import sys
 from absl import flags, logging
 
 from bertjax import cli
+from bertjax import lock
 
 _DEBUG = cli.define_debug_flag()
 _INPUT = flags.DEFINE_string(
@@ -38,7 +39,8 @@ _TFDS_DIR = flags.DEFINE_string("tfds_data_dir", None, "TFDS data dir (never dow
 _TFDS_KEY = flags.DEFINE_string("tfds_text_key", "text", "Text feature of the TFDS dataset.")
 _TOK_ONLY = flags.DEFINE_bool("tokenizer_only", False, "Only train and save the tokenizer.")
 _MAX_DOCS = flags.DEFINE_integer("max_documents", None, "embedded: keep the first N documents.")
-_VERIFY = flags.DEFINE_bool("verify", False, "Check the sha256 and records of a prepared --output.")
+_VERIFY = flags.DEFINE_bool("verify", False, "Check a prepared --output: the tokenizer and every "
+                            "shard against metadata.json (sha256), every record.")
 
 
 def main(argv: list[str]) -> None:
@@ -59,13 +61,18 @@ def main(argv: list[str]) -> None:
             if not _INPUT.value:
                 raise DataError("--input is required (expected a glob of text files, 'embedded' "
                                 "or tfds:NAME)")
-            meta = prepare_lib.prepare(prepare_lib.PrepareConfig(
-                input=_INPUT.value, output=_OUTPUT.value, vocab_size=_VOCAB.value,
-                tokenizer=_TOKENIZER.value, tokenizer_type=_TOK_TYPE.value,
-                num_shards=_SHARDS.value, eval_fraction=_EVAL.value, worker_index=_WORKER.value,
-                num_workers=_WORKERS.value, processes=_PROCS.value, tfds_data_dir=_TFDS_DIR.value,
-                tfds_text_key=_TFDS_KEY.value, tokenizer_only=_TOK_ONLY.value,
-                max_documents=_MAX_DOCS.value))
+            # workers of one preparation write the same output together: one lock per worker
+            mine = (_OUTPUT.value if _WORKERS.value <= 1
+                    else f"{_OUTPUT.value}.worker{_WORKER.value}")
+            with lock.hold(mine, inside=False, what="--output"):
+                meta = prepare_lib.prepare(prepare_lib.PrepareConfig(
+                    input=_INPUT.value, output=_OUTPUT.value, vocab_size=_VOCAB.value,
+                    tokenizer=_TOKENIZER.value, tokenizer_type=_TOK_TYPE.value,
+                    num_shards=_SHARDS.value, eval_fraction=_EVAL.value,
+                    worker_index=_WORKER.value, num_workers=_WORKERS.value,
+                    processes=_PROCS.value, tfds_data_dir=_TFDS_DIR.value,
+                    tfds_text_key=_TFDS_KEY.value, tokenizer_only=_TOK_ONLY.value,
+                    max_documents=_MAX_DOCS.value))
     except KeyboardInterrupt:
         print("interrupted: complete shards are kept; rerun the same command to resume",
               file=sys.stderr)

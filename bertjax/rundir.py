@@ -16,7 +16,9 @@ parameters come from, the saved config (old configs upgraded once, here, from ``
 the model's sizes and where its tokenizer is.
 
 A step directory counts only when it is complete (``<step>/state`` holds orbax's metadata):
-a stray or half-written ``checkpoints/70`` beside a good ``checkpoints/50`` is skipped.
+a stray or half-written ``checkpoints/70`` beside a good ``checkpoints/50`` is skipped
+(``stray_steps`` lists such directories; bertjax.checkpoint sets them aside before resuming).
+A saved config that is not JSON is one ``error:`` line naming the file.
 
 Nothing here opens a CheckpointManager or imports orbax or TensorFlow: it runs before JAX's
 backends are set up and never creates anything in the directory it reads. Paths go through
@@ -83,6 +85,17 @@ def steps(root: Any) -> list[int]:
     return sorted(found)
 
 
+def stray_steps(root: Any) -> list[epath.Path]:
+    """Entries of a checkpoints directory named like a step that are not complete steps (an
+    empty or half-copied ``checkpoints/70``), ascending: orbax counts them, ``steps`` does not."""
+    root = epath.Path(root)
+    if not root.is_dir():
+        return []
+    found = [child for child in root.iterdir()
+             if child.name.isdigit() and not child.joinpath(*_STATE_MARK).exists()]
+    return sorted(found, key=lambda child: int(child.name))
+
+
 def is_step_dir(path: Any) -> bool:
     """Whether ``path`` is one complete checkpoint step (WORKDIR/checkpoints/N)."""
     return epath.Path(path).joinpath(*_STATE_MARK).exists()
@@ -102,11 +115,26 @@ def step_dir(path: Any, subdir: str = CHECKPOINTS) -> epath.Path | None:
 
 
 def read_config(step: Any) -> dict | None:
-    """The upgraded run config saved in a step directory, or None when it has none."""
+    """The upgraded run config saved in a step directory, or None when it has none.
+
+    Raises:
+      ConfigError: the file is not a JSON object (one line naming it: the step is damaged).
+    """
     path = epath.Path(step) / "config" / "metadata"
     if not path.exists():
         return None
-    return upgrade(json.loads(path.read_text()))
+    try:
+        saved = json.loads(path.read_text())
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        saved = e
+    if not isinstance(saved, dict):
+        why = (f"not valid JSON ({saved})" if isinstance(saved, ValueError) else
+               f"a JSON {type(saved).__name__}, not an object")
+        raise config_lib.ConfigError(
+            f"{path}: the run config saved with checkpoint step {epath.Path(step).name} is "
+            f"{why}; the step is damaged: move {step} out of its directory to use the step "
+            "before it")
+    return upgrade(saved)
 
 
 def saved_config(path: Any, subdir: str = CHECKPOINTS) -> dict | None:
@@ -217,7 +245,8 @@ def resolve(path: str, what: str = "config.init_from") -> Run:
         raise config_lib.ConfigError(f"{what}={path!r} holds no complete bertjax checkpoint; {hint}")
     root = workdir_of(step) if is_step_dir(p) else p
     saved = read_config(step)
-    is_import = (root / MODEL_CONFIG).exists()
+    # an import holds its sizes and/or its WordPiece vocabulary; a bertjax run has neither
+    is_import = (root / MODEL_CONFIG).exists() or (root / VOCAB).exists()
     if saved is None and not is_import:
         raise config_lib.ConfigError(f"{what}={path!r}: checkpoint {step} has no saved config; {hint}")
     kind = "import" if is_import else (
@@ -231,3 +260,4 @@ def absolute(path: Any) -> str:
     gs:// and other URLs are absolute already."""
     path = os.fspath(path)
     return path if "://" in path else os.path.abspath(path)
+

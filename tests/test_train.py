@@ -21,12 +21,7 @@ def _config(**overrides):
     c.global_batch_size = 16
     c.total_steps = 10
     c.optim.warmup_steps = 2
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    c.update_from_flattened_dict(overrides)
     return c
 
 

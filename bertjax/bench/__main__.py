@@ -80,6 +80,7 @@ def main() -> None:
             if f.compare and f.pairs_per_row > 1:
                 raise config_lib.ConfigError(f"--pairs_per_row={f.pairs_per_row} with --compare; "
                                              "the peers run one per row: use 1")
+            runner.check_outputs(f.json, f.profile_dir)
             runner.apply_overrides(config, preset=f.preset, batch=f.batch, seq_len=f.seq_len,
                                    max_predictions=f.max_predictions, dtype=f.dtype,
                                    attention_impl=f.attention_impl, mesh=f.mesh,

@@ -1,6 +1,6 @@
 """``bench --compare``: the same step in transformers' Flax and torch BERT, as timed Systems.
 
-Same geometry (the bertjax config translated by ``convert.bert_to_hf_config``: sizes,
+Same geometry (the bertjax config translated by ``mapping.bert_to_hf_config``: sizes,
 activation, dropouts), same batches (the synthetic ones bertjax uses), same optimizer
 (clip -> AdamW with BERT's decay exclusions: for Flax bertjax's own optax chain, for torch
 ``clip_grad_norm_`` + ``torch.optim.AdamW``), same compute dtype. What differs is what each
@@ -35,7 +35,7 @@ import torch
 os.environ.setdefault("USE_TF", "0")
 import transformers  # noqa: E402
 
-from bertjax.interop import mapping as convert
+from bertjax.interop import mapping
 from bertjax import model as model_lib
 from bertjax import optim
 from bertjax.bench import flops, report, timing
@@ -55,7 +55,7 @@ def hf_inputs(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _hf_config(cfg: model_lib.BertConfig, **kwargs: Any) -> transformers.BertConfig:
-    return transformers.BertConfig(**convert.bert_to_hf_config(cfg), **kwargs)
+    return transformers.BertConfig(**mapping.bert_to_hf_config(cfg), **kwargs)
 
 
 def _flax_loss(out: Any, batch: dict[str, jax.Array]) -> jax.Array:

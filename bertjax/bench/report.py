@@ -104,8 +104,11 @@ def error_line(e: BaseException) -> str:
 
 
 def write_json(results: dict[str, Any], path: str) -> None:
-    """Writes the results (numbers as plain floats) to ``path``, creating its directory."""
+    """Writes the results (numbers as plain floats) to ``path``, creating its directory;
+    through a temporary file and a rename, so ``path`` is never half-written."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
         json.dump(results, f, indent=1, default=float)
         f.write("\n")
+    os.replace(tmp, path)

@@ -1,16 +1,19 @@
 """One benchmark invocation: the shape and numerics set on a run config, every participant
 timed in interleaved rounds, and the results as one JSON-ready dict.
 
-``apply_overrides`` sets the flags' values on the config; ``run`` builds bertjax's step and the
-matmul reference (timing.py), with ``compare`` transformers' peers too (compare.py, imported
-only then: what this module imports needs no torch or TensorFlow), times them all in the same
-rounds, optionally traces a few more bertjax steps (profile.py), and turns the times into
-throughput, FLOP/s against a peak (flops.py) and memory (report.py). What each number means:
+``check_outputs`` refuses a --json or --profile_dir that could not be written;
+``apply_overrides`` checks the flags' values (``--batch=0`` is refused, not read as "the
+config's") and sets them on the config; ``run`` builds bertjax's step and the matmul reference
+(timing.py), with ``compare`` transformers' peers too (compare.py, imported only then: what
+this module imports needs no torch or TensorFlow), times them all in the same rounds,
+optionally traces a few more bertjax steps (profile.py), and turns the times into throughput,
+FLOP/s against a peak (flops.py) and memory (report.py). What each number means:
 the command's docstring, __main__.py.
 """
 
 from __future__ import annotations
 
+import os
 import platform
 from typing import Any
 
@@ -26,6 +29,7 @@ from bertjax.bench import timing
 
 DTYPES = ("float32", "bfloat16")
 PROFILE_STEPS = 3  # steps traced after the timed ones with profile_dir
+MIN_SEQ_LEN = 8  # the shortest packed sequence (pairs_per_row's unit)
 
 
 def resolved_attention(cfg: model_lib.BertConfig) -> str:
@@ -46,18 +50,28 @@ def apply_overrides(config: Any, *, preset: str | None = None, batch: int | None
                     mesh: str | None = None, optimizer: str | None = None,
                     accum_steps: int = 1, steps: int = 1, pairs_per_row: int = 1) -> Any:
     """Sets the benchmark's shape and numerics on a run config (in place) and returns it.
+    A value of None leaves the config's; any other is checked (``--batch=0`` is refused, not
+    read as "the config's").
 
     Raises:
       config_lib.ConfigError: one line naming the bad value and the fix, before any compile.
     """
+    for flag, value, least, what in (
+            ("--batch", batch, 1, "sequences per step"),
+            ("--seq_len", seq_len, MIN_SEQ_LEN, "tokens per sequence"),
+            ("--max_predictions", max_predictions, 1, "masked positions per sequence"),
+            ("--accum_steps", accum_steps, 1, "micro-batches per step")):
+        if value is not None and value < least:  # 0 is a value, not "the config's"
+            raise config_lib.ConfigError(f"{flag}={value}; expected {what} >= {least} "
+                                         "(leave the flag out for the config's value)")
     if preset:
         config.model.preset = preset
-    if batch:
+    if batch is not None:
         config.global_batch_size = batch
-    if seq_len:
+    if seq_len is not None:
         config.max_seq_length = seq_len
         config.max_predictions = default_max_predictions(seq_len)
-    if max_predictions:
+    if max_predictions is not None:
         config.max_predictions = max_predictions
     if dtype:
         if dtype not in DTYPES:
@@ -89,6 +103,25 @@ def apply_overrides(config: Any, *, preset: str | None = None, batch: int | None
             f"--attention_impl={impl} has no attention dropout but model.attention_dropout="
             f"{config.model.attention_dropout}; add --config.model.attention_dropout=0")
     return config
+
+
+def check_outputs(json_path: str | None, profile_dir: str | None) -> None:
+    """Refuses, before anything runs, a --json that cannot be written as a file and a
+    --profile_dir that is a file (one line each; the run would fail only at its end)."""
+    if json_path:
+        parent = os.path.dirname(os.path.abspath(json_path))
+        if os.path.isdir(json_path):
+            raise config_lib.ConfigError(f"--json={json_path} is a directory; give a file name "
+                                         "such as bench.json")
+        existing = parent
+        while not os.path.exists(existing):  # write_json creates the missing directories
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            raise config_lib.ConfigError(f"--json={json_path}: {existing} is a file, not a "
+                                         "directory; choose another path")
+    if profile_dir and os.path.exists(profile_dir) and not os.path.isdir(profile_dir):
+        raise config_lib.ConfigError(f"--profile_dir={profile_dir} is a file; give a "
+                                     "directory (it is created when missing)")
 
 
 def _summary(s: timing.System, peak: float | None, matmul_flops_per_s: float) -> dict[str, Any]:
@@ -130,6 +163,10 @@ def run(config: Any, steps: int, warmup: int, compare: bool = False,
     if steps < 1 or warmup < 0:
         raise config_lib.ConfigError(f"--steps={steps}, --warmup={warmup}; expected steps >= 1 "
                                      "and warmup >= 0")
+    if matmul_size < 0:
+        raise config_lib.ConfigError(f"--matmul_size={matmul_size}; expected a positive side "
+                                     "of the reference matmul, or 0 for the default")
+    check_outputs(None, profile_dir)
     backend = jax.default_backend()
     device = jax.devices()[0]
     cfg = config_lib.model_config(config)

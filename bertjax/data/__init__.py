@@ -4,11 +4,12 @@ Nothing under this package imports JAX: it runs on hosts that have only TensorFl
 host-local numpy batches. Modules:
 
   errors       DataError, the single exception type for bad inputs.
-  text         corpus-format text files: documents, byte-range splits, sentence splitting.
+  text         corpus-format text files: whole-file check, documents, byte-ranges, sentences.
   corpus       the embedded default corpus (Python standard-library docstrings).
   tokenizer    sentencepiece training/loading with BERT's special tokens at fixed ids.
-  records      TFRecord files: read every record (CRC-checked), count, TF error text.
-  prepare      raw text / TFDS -> tokenized document shards + metadata.json (parallel, resumable).
+  records      TFRecord files: expand globs (checked), read every record (CRC-checked), count.
+  prepare      raw text / TFDS -> tokenized document shards + metadata.json (parallel, resumable);
+               checks of a prepared directory (check_prepared before training, verify).
   sources      what the pipeline reads: prepared shards or google-research/bert records; hosts.
   pairs        tf graph code turning documents into NSP pairs or packed MLM-only sequences.
   masking      vectorised dynamic MLM masking of whole batches.

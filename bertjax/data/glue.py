@@ -1,7 +1,9 @@
-"""The GLUE task table: how to read and score each of the nine GLUE tasks.
+"""The GLUE task table: how to read and score each of the nine GLUE tasks, and the files of a
+leaderboard submission (``GLUE_SUBMISSION``).
 
 Plain data, no dependencies: the TSV readers (bertjax.data.tasks) take the columns and label
-lists from it, the metrics (bertjax.finetuning.metrics.glue_metrics) the metric names.
+lists from it, the metrics (bertjax.finetuning.metrics.glue_metrics) the metric names, the GLUE
+suite (bertjax.finetuning.glue_suite) the submission's file names and where their test files lie.
 """
 
 from __future__ import annotations
@@ -83,3 +85,49 @@ def glue_task(name: str) -> GlueTask:
     if key not in GLUE_TASKS:
         raise ValueError(f"unknown GLUE task {name!r}; expected one of {sorted(GLUE_TASKS)}")
     return GLUE_TASKS[key]
+
+
+# ------------------------------------------------------------------------- the submission
+
+
+@dataclasses.dataclass(frozen=True)
+class SubmissionFile:
+    """One file of a GLUE leaderboard submission (gluebenchmark.com/submit).
+
+    Attributes:
+      name: its name at the top level of the submission zip, as the server wants it.
+      task: the task whose fine-tuned model predicts it (MNLI's predicts three files).
+      test_files: where its unlabelled test file may lie in the GLUE download, relative to the
+        download's root with "/" separators; the first that exists is read. Each has a header
+        with an ``index`` (QQP: ``id``) column, the example's number in the submission.
+      prediction: the name of the predictions file in the task's workdir (predictions/NAME.tsv).
+    """
+    name: str
+    task: str
+    test_files: tuple[str, ...]
+    prediction: str = "test"
+
+
+# The files the GLUE server takes, in its order: a zip with exactly these names at its top level,
+# each "index<TAB>prediction" then one row per test example (the test file's index, in its
+# order); predictions are label strings as in the training files ("0"/"1" for CoLA, SST-2,
+# MRPC, QQP, WNLI; entailment/neutral/contradiction for MNLI and AX; entailment/not_entailment
+# for QNLI and RTE) and STS-B a score in [0, 5]. AX, the diagnostic set, has no training data:
+# the MNLI model predicts it. Its file is diagnostic/diagnostic.tsv in the layout of
+# download_glue_data.py (columns index, sentence1, sentence2: MNLI's text columns, so the MNLI
+# reader reads it), AX.tsv where it was fetched alone.
+GLUE_SUBMISSION: tuple[SubmissionFile, ...] = (
+    SubmissionFile("CoLA.tsv", "cola", ("CoLA/test.tsv",)),
+    SubmissionFile("SST-2.tsv", "sst2", ("SST-2/test.tsv",)),
+    SubmissionFile("MRPC.tsv", "mrpc", ("MRPC/test.tsv",)),
+    SubmissionFile("STS-B.tsv", "stsb", ("STS-B/test.tsv",)),
+    SubmissionFile("QQP.tsv", "qqp", ("QQP/test.tsv",)),
+    SubmissionFile("MNLI-m.tsv", "mnli", ("MNLI/test_matched.tsv",)),
+    SubmissionFile("MNLI-mm.tsv", "mnli", ("MNLI/test_mismatched.tsv",), "test_mismatched"),
+    SubmissionFile("QNLI.tsv", "qnli", ("QNLI/test.tsv",)),
+    SubmissionFile("RTE.tsv", "rte", ("RTE/test.tsv",)),
+    SubmissionFile("WNLI.tsv", "wnli", ("WNLI/test.tsv",)),
+    SubmissionFile("AX.tsv", "mnli", ("diagnostic/diagnostic.tsv", "diagnostic/AX.tsv",
+                                      "AX.tsv"), "ax"),
+)
+STSB_RANGE = (0.0, 5.0)  # STS-B's similarity scores; submitted predictions are clipped to it

@@ -6,7 +6,8 @@ Layout of the output directory:
   train-SSSSS-of-NNNNN.tfrecord     training documents of shard S
   eval-SSSSS-of-NNNNN.tfrecord      held-out documents of shard S (chosen by a hash of the text)
   shards/SSSSS.json                 per-shard completion record: counts, sizes, sha256
-  prepare_config.json               the settings the directory was started with
+  prepare_config.json               the settings the directory was started with; a rerun with
+                                    settings that change the output is refused
   metadata.json                     written last, once every shard is complete: marks the whole
                                     directory complete; the pipeline reads only this
 
@@ -18,6 +19,11 @@ its own slice of the TFDS split, so workers and processes never read the same do
 files are written under temporary names and renamed; its JSON record is renamed into place after
 them, so a rerun after an interruption redoes exactly the shards without a record. Shard S belongs
 to worker S % num_workers; the worker that completes the last shard writes metadata.json.
+
+Readers check a directory before using it: `check_prepared` (what pre-training runs before it
+compiles: metadata.json well formed, every shard file present with its recorded size, the
+tokenizer's sha256 and piece count as recorded) and `verify` (that, plus every shard's sha256 and
+records). A damaged directory is named in one DataError line, never read as if it were whole.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import re
 import sys
 from typing import Any, Iterator
 
@@ -40,6 +47,15 @@ FORMAT = "bertjax-documents/1"
 METADATA = "metadata.json"
 TOKENIZER = "tokenizer.model"
 _SHARD_BYTES = 32 << 20  # automatic shard count: about one shard per 32 MB of text
+# Fewer documents give no NSP partner from another document and no held-out split: a corpus of
+# one line, or text without the blank lines that separate documents.
+MIN_DOCUMENTS = 2
+_GIVEN = "given (--tokenizer)"  # prepare_config.json's "tokenizer" when a model was passed
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+# The fix for a damaged prepared directory: a rerun redoes shards whose file is missing or of
+# another size and writes metadata.json anew from the shards' records.
+_DAMAGED = ("rerun the prepare command that made it (it redoes missing shards and rewrites "
+            "metadata.json) or copy the directory again")
 
 
 
@@ -254,7 +270,16 @@ def _resolve_sources(cfg: PrepareConfig) -> tuple[list[_Source], str]:
         files = [path]
     else:
         files = text.expand_inputs(cfg.input)
-    sizes = [text.check_text_file(f) for f in files]
+    sizes, documents = [], 0
+    for f in files:  # every byte checked, streaming, before anything is written
+        scanned = text.scan_text_file(f, count_documents=MIN_DOCUMENTS - documents)
+        sizes.append(scanned.size)
+        documents += scanned.documents
+    if documents < MIN_DOCUMENTS:
+        raise DataError(f"--input {cfg.input!r} holds only {documents} document(s) in "
+                        f"{len(files)} file(s) (expected at least {MIN_DOCUMENTS}: pre-training "
+                        "pairs sentences across documents and holds some out for evaluation); "
+                        "add text, with a blank line between documents")
     n = cfg.num_shards or _auto_num_shards(sum(sizes))
     return [_Source(pieces=tuple(p)) for p in text.plan_splits(files, sizes, n)], cfg.input
 
@@ -292,22 +317,92 @@ def _check_config(cfg: PrepareConfig) -> None:
         raise DataError(f"--vocab_size {cfg.vocab_size} leaves no room for text pieces (expected "
                         f"more than the {tok_lib.NUM_SPECIAL} special tokens); pass e.g. "
                         "--vocab_size 30522")
+    if cfg.tokenizer is None and cfg.vocab_size > tok_lib.MAX_VOCAB_SIZE:
+        raise DataError(f"--vocab_size {cfg.vocab_size} is out of range (expected "
+                        f"{tok_lib.NUM_SPECIAL + 1} to {tok_lib.MAX_VOCAB_SIZE}; BERT uses 30522); "
+                        "pass a smaller --vocab_size")
+    if cfg.tokenizer:
+        tok_lib.Tokenizer.load(cfg.tokenizer)  # a bad --tokenizer stops before --output is made
+    _check_output(cfg.output)
+
+
+def _check_output(output: str) -> None:
+    """DataError unless ``output`` is a directory, or can be created as one, that this process
+    may write to; creates nothing."""
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise DataError(f"--output {output} is an existing file (expected a directory for the "
+                        "shards: a new one, or one an earlier run of this command wrote); pass "
+                        "another --output")
+    parent = os.path.abspath(output)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise DataError(f"--output {output} cannot be created: {parent} is a file, not a "
+                        "directory; pass another --output")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DataError(f"--output {output} is not writable ({parent}: permission denied); pass "
+                        "a directory you can write to")
+
+
+def _read_json(path: str, what: str) -> Any:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or bytes that are not text
+        reason = getattr(e, "strerror", None) or str(e).splitlines()[0][:120]
+        raise DataError(f"{path} is unreadable or not JSON ({reason}); {what}") from None
+
+
+def _settings(cfg: PrepareConfig, num_shards: int) -> dict:
+    """The settings that decide what a preparation writes (prepare_config.json)."""
+    return {"input": cfg.input, "num_shards": num_shards, "eval_fraction": cfg.eval_fraction,
+            "max_documents": cfg.max_documents,
+            "tfds_text_key": cfg.tfds_text_key if cfg.input.startswith("tfds:") else None,
+            "tokenizer": _GIVEN if cfg.tokenizer else
+            f"{cfg.tokenizer_type}, vocab_size {cfg.vocab_size}",
+            # Which worker writes which shard. A --tokenizer_only run leaves it open for the
+            # workers that follow it (None), whatever --num_workers it was given.
+            "num_workers": None if cfg.tokenizer_only else cfg.num_workers}
 
 
 def _claim_output(cfg: PrepareConfig, num_shards: int) -> None:
-    """Records the settings, or checks that a rerun into the same directory uses the same ones."""
-    settings = {"input": cfg.input, "num_shards": num_shards, "eval_fraction": cfg.eval_fraction,
-                "num_workers": cfg.num_workers, "max_documents": cfg.max_documents}
+    """Records the settings, or checks that a rerun into the same directory uses the same ones
+    (a finished directory included: its metadata.json is never rewritten for other settings)."""
+    settings = _settings(cfg, num_shards)
     path = os.path.join(cfg.output, "prepare_config.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            before = json.load(f)
-        changed = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
-        if changed:
-            raise DataError(f"--output {cfg.output} was started with other settings (was, now): "
-                            f"{changed}; rerun with the same flags or use a new --output")
-    else:
+    if not os.path.exists(path):
         _write_json(path, settings)
+        return
+    before = _read_json(path, f"it records the settings {cfg.output} was started with: use "
+                              "another --output")
+    if not isinstance(before, dict):
+        raise DataError(f"{path} holds {type(before).__name__}, expected the settings object "
+                        f"prepare writes; use another --output")
+    if "tokenizer" not in before and os.path.exists(os.path.join(cfg.output, METADATA)):
+        # Written by a bertjax that did not record the tokenizer: the finished metadata did.
+        try:
+            meta = load_metadata(cfg.output)
+            before["tokenizer"] = _GIVEN if meta.get("tokenizer_type") == "given" else \
+                f"{meta.get('tokenizer_type')}, vocab_size {meta.get('requested_vocab_size')}"
+        except DataError:
+            pass  # a damaged metadata.json is rewritten at the end of a same-settings rerun
+    changed = {}
+    for key, now in settings.items():
+        if key not in before:
+            continue  # an older bertjax did not record it
+        was = before[key]
+        if key == "num_workers" and None in (was, now):
+            continue
+        if key == "tokenizer" and now == _GIVEN:
+            continue  # _get_tokenizer compares the given model with tokenizer.model itself
+        if was != now:
+            changed[key] = (was, now)
+    if changed:
+        raise DataError(f"--output {cfg.output} holds a preparation with other settings (was, "
+                        f"now): {changed}; use another --output, or rerun with the flags it was "
+                        "started with to resume or keep it")
+    if before.get("num_workers", 0) is None and settings["num_workers"] is not None:
+        _write_json(path, {**before, "num_workers": settings["num_workers"]})
 
 
 def _get_tokenizer(cfg: PrepareConfig, sources: list[_Source]) -> tok_lib.Tokenizer:
@@ -411,29 +506,147 @@ def _write_metadata(cfg: PrepareConfig, description: str, tok: tok_lib.Tokenizer
 
 
 def load_metadata(data_dir: str) -> dict:
-    """Reads metadata.json of a prepared directory; DataError if it is missing (incomplete).
+    """Reads metadata.json of a prepared directory and checks its shape; DataError if it is
+    missing (an incomplete preparation) or damaged.
 
     Args:
       data_dir: directory written by `prepare`.
 
     Returns:
-      The metadata dict.
+      The metadata dict: every key the readers use is present with the right type, and every
+      file it names is a plain name inside ``data_dir``.
     """
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise DataError(f"{data_dir} is a file (expected the directory python -m bertjax.prepare "
+                        f"wrote, which holds {METADATA}); pass that directory")
     path = os.path.join(data_dir, METADATA)
     if not os.path.exists(path):
         raise DataError(f"{data_dir} has no {METADATA}, so its preparation is incomplete or it is "
                         "not a prepared directory; (re)run python -m bertjax.prepare --output "
                         f"{data_dir} with the same flags")
-    with open(path) as f:
-        meta = json.load(f)
-    if meta.get("format") != FORMAT:
-        raise DataError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}; prepare "
+    meta = _read_json(path, f"the directory is damaged: {_DAMAGED}")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise DataError(f"{path} has format {found!r}, expected {FORMAT!r}; prepare "
                         "the data again with this version of bertjax")
+    problem = _metadata_problem(meta)
+    if problem:
+        raise DataError(f"{path} is damaged: {problem}; {_DAMAGED}")
+    return meta
+
+
+def _metadata_problem(meta: dict) -> str | None:
+    """What is wrong with the shape of a metadata dict (None when nothing is)."""
+    def plain_name(value: Any) -> bool:  # a file inside the directory, never ../ or /abs
+        return isinstance(value, str) and value not in ("", ".", "..") and \
+            os.path.basename(value) == value and "/" not in value
+
+    for key, kind in (("tokenizer", str), ("tokenizer_sha256", str), ("vocab_size", int),
+                      ("num_shards", int), ("splits", dict)):
+        if key not in meta:
+            return f"it has no {key!r}"
+        if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
+            return f"{key} is {meta[key]!r}, expected {kind.__name__}"
+    if not plain_name(meta["tokenizer"]):
+        return f"tokenizer is {meta['tokenizer']!r}, expected a file name inside the directory"
+    if not _SHA256.fullmatch(meta["tokenizer_sha256"]):
+        return f"tokenizer_sha256 is {meta['tokenizer_sha256']!r}, expected 64 hex digits"
+    if meta["vocab_size"] <= tok_lib.NUM_SPECIAL:
+        return f"vocab_size is {meta['vocab_size']}, expected more than {tok_lib.NUM_SPECIAL}"
+    for split in ("train", "eval"):
+        shards = meta["splits"].get(split, {}).get("shards") \
+            if isinstance(meta["splits"].get(split), dict) else None
+        if not isinstance(shards, list) or len(shards) != meta["num_shards"]:
+            return f"splits.{split}.shards is not a list of num_shards={meta['num_shards']} shards"
+        for i, shard in enumerate(shards):
+            where = f"splits.{split}.shards[{i}]"
+            if not isinstance(shard, dict):
+                return f"{where} is {shard!r}, expected an object"
+            for key in ("shard", "documents", "bytes"):
+                value = shard.get(key)
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    return f"{where}.{key} is {value!r}, expected a count"
+            if not plain_name(shard.get("file")):
+                return f"{where}.file is {shard.get('file')!r}, expected a file name inside the " \
+                       "directory"
+            if not isinstance(shard.get("sha256"), str) or not _SHA256.fullmatch(shard["sha256"]):
+                return f"{where}.sha256 is {shard.get('sha256')!r}, expected 64 hex digits"
+    return None
+
+
+def shard_files(data_dir: str, meta: dict, split: str) -> list[str]:
+    """The paths of a split's shards, each checked to be a file of the size metadata records
+    (one stat each: cheap enough for every start of a run); DataError names the first that is
+    missing, a directory, or of another size."""
+    paths = []
+    for shard in meta["splits"][split]["shards"]:
+        path = os.path.join(data_dir, shard["file"])
+        if os.path.isdir(path):
+            raise DataError(f"{path} is a directory (expected the TFRecord shard {METADATA} names, "
+                            f"{shard['bytes']} bytes); {_DAMAGED}")
+        if not os.path.isfile(path):
+            raise DataError(f"{path} is missing (expected the TFRecord shard {METADATA} names, "
+                            f"{shard['bytes']} bytes: an incomplete copy?); {_DAMAGED}")
+        size = os.path.getsize(path)
+        if size != shard["bytes"]:
+            raise DataError(f"{path} has {size} bytes, {METADATA} records {shard['bytes']} (an "
+                            f"incomplete copy or a damaged file); {_DAMAGED}")
+        paths.append(path)
+    return paths
+
+
+def check_tokenizer(data_dir: str, meta: dict) -> tok_lib.Tokenizer:
+    """Loads a prepared directory's tokenizer after checking it against metadata: its sha256
+    (a truncated or replaced model) and its piece count (an edited vocab_size, which would let
+    ids outside the model's embedding table through)."""
+    path = os.path.join(data_dir, meta["tokenizer"])
+    if not os.path.isfile(path):
+        raise DataError(f"{path} is missing or not a file (expected the tokenizer {METADATA} "
+                        f"names); copy the directory again or prepare the data anew")
+    try:
+        digest = _sha256(path)
+    except OSError as e:
+        raise DataError(f"{path} cannot be read ({e.strerror}; expected the tokenizer "
+                        f"{METADATA} names); fix its permissions") from None
+    if digest != meta["tokenizer_sha256"]:
+        raise DataError(f"{path} does not match {METADATA} (sha256 {digest[:12]}..., recorded "
+                        f"{meta['tokenizer_sha256'][:12]}...: the file is damaged or was "
+                        "replaced, and the shards' ids belong to the recorded one); copy it again "
+                        "from where the data was prepared, or prepare the data anew")
+    tok = tok_lib.Tokenizer.load(path)
+    if tok.vocab_size != meta["vocab_size"]:
+        raise DataError(f"{os.path.join(data_dir, METADATA)} says vocab_size {meta['vocab_size']} "
+                        f"but {path} has {tok.vocab_size} pieces (expected equal: was the metadata "
+                        f"edited?); set vocab_size back to {tok.vocab_size} there, or rerun the "
+                        "prepare command that made it")
+    return tok
+
+
+def check_prepared(data_dir: str, model_vocab_size: int | None = None) -> dict:
+    """What pre-training checks before it compiles: metadata.json well formed, every shard
+    present with its recorded size, the tokenizer's sha256 and piece count as recorded, and a
+    model embedding table large enough for every id. Reads no records: stats and one sha256.
+
+    Args:
+      data_dir: a prepared directory.
+      model_vocab_size: the model's vocab_size (rows of its embedding table), if known.
+
+    Returns:
+      The metadata dict.
+    """
+    meta = load_metadata(data_dir)
+    for split in ("train", "eval"):
+        shard_files(data_dir, meta, split)
+    tok = check_tokenizer(data_dir, meta)
+    if model_vocab_size is not None:
+        tok.check_model_vocab(model_vocab_size)
     return meta
 
 
 def verify(data_dir: str) -> int:
-    """Checks every shard's sha256 and parses every record; DataError names the first bad file.
+    """Checks the tokenizer and every file metadata.json names: the tokenizer's sha256 and piece
+    count, every shard's sha256, and every record (parsed, counted against the metadata);
+    DataError names the first bad file.
 
     Args:
       data_dir: a prepared directory.
@@ -442,14 +655,23 @@ def verify(data_dir: str) -> int:
       The number of documents read.
     """
     meta = load_metadata(data_dir)
+    check_tokenizer(data_dir, meta)
     total = 0
     for split in ("train", "eval"):
         for shard in meta["splits"][split]["shards"]:
             path = os.path.join(data_dir, shard["file"])
-            if not os.path.exists(path) or _sha256(path) != shard["sha256"]:
-                raise DataError(f"{path} is missing or its sha256 differs from {METADATA} (the "
-                                "file is corrupt or was changed); delete it and "
+            if not os.path.isfile(path):
+                raise DataError(f"{path} is missing or not a file (expected the TFRecord shard "
+                                f"{METADATA} names); {_DAMAGED}")
+            if _sha256(path) != shard["sha256"]:
+                raise DataError(f"{path}: its sha256 differs from {METADATA} (the file is "
+                                "corrupt or was changed); delete it and "
                                 f"shards/{shard['shard']:05d}.json, then rerun prepare with the "
                                 "same flags")
-            total += records.read_all_records(path)
+            found = records.read_all_records(path)
+            if found != shard["documents"]:
+                raise DataError(f"{path} holds {found} records but {METADATA} says "
+                                f"{shard['documents']} documents (was the metadata edited?); "
+                                f"{_DAMAGED}")
+            total += found
     return total

@@ -1,4 +1,5 @@
-"""TFRecord files: reading every record of one (CRC-checked), counting a dataset's elements, and
+"""TFRecord files: finding them (globs checked for directories and empty files, without
+TensorFlow), reading every record of one (CRC-checked), counting a dataset's elements, and
 TensorFlow's error text for DataError messages.
 
 The bottom of the TensorFlow side's file handling: `prepare` (its --verify) and `pretraining`
@@ -10,8 +11,10 @@ their process).
 
 from __future__ import annotations
 
+import glob
+import os
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -19,6 +22,43 @@ from bertjax.data.errors import DataError
 
 if TYPE_CHECKING:
     import tensorflow as tf
+
+
+def expand_files(data: str | Sequence[str]) -> list[str]:
+    """The TFRecord files ``data`` names (globs or paths), sorted; DataError names the first
+    pattern that matches nothing or the first match that is a directory, empty or unreadable.
+
+    Cheap (globs and stats, no TensorFlow): pre-training calls it before it compiles.
+    """
+    patterns = [data] if isinstance(data, str) else list(data)
+    if not patterns:
+        raise DataError("no data files given (an empty list); pass a glob of TFRecord files or a "
+                        "prepared directory")
+    files = []
+    for pattern in patterns:
+        # a literal name may hold glob characters ([1]): as itself when it exists
+        matches = glob.glob(pattern) or ([pattern] if os.path.lexists(pattern) else [])
+        if not matches:
+            raise DataError(f"data {pattern!r} matches no file (expected google-research/bert "
+                            "TFRecord files, or a directory prepared by python -m bertjax.prepare)"
+                            "; check the path, and quote the glob so the shell leaves it alone")
+        files += matches
+    files.sort()
+    for path in files:
+        if os.path.isdir(path):
+            raise DataError(f"{path} is a directory (expected TFRecord files); name the files "
+                            f"inside it, e.g. {os.path.join(path, '*.tfrecord')}, or pass a "
+                            "prepared directory by itself")
+        if not os.path.isfile(path):
+            raise DataError(f"{path} is not a regular file (expected a TFRecord file); leave it "
+                            "out of the glob")
+        if os.path.getsize(path) == 0:
+            raise DataError(f"{path} is empty (0 bytes; expected TFRecords: an incomplete copy?); "
+                            "copy it again or leave it out of the glob")
+        if not os.access(path, os.R_OK):
+            raise DataError(f"{path} cannot be read (permission denied; expected a readable "
+                            "TFRecord file); fix its permissions")
+    return files
 
 
 def reason(error: tf.errors.OpError) -> str:

@@ -9,7 +9,6 @@ records.py's.
 
 from __future__ import annotations
 
-import glob
 import os
 from typing import Sequence
 
@@ -17,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from bertjax.data import prepare as prepare_lib
+from bertjax.data import records
 from bertjax.data import tokenizer as tok_lib
 from bertjax.data.errors import DataError
 
@@ -75,24 +75,12 @@ class Source:
     def _init_documents(self, data_dir: str, split: str) -> None:
         self.format, self.data_dir = "documents", data_dir
         self.meta = prepare_lib.load_metadata(data_dir)
-        shards = self.meta["splits"][split]["shards"]
-        self.files = [os.path.join(data_dir, s["file"]) for s in shards]
-        self.docs = [s["documents"] for s in shards]
-        for path, s in zip(self.files, shards):
-            if not os.path.exists(path) or os.path.getsize(path) != s["bytes"]:
-                raise DataError(f"{path} is missing or its size differs from metadata.json (the "
-                                "copy is incomplete or the file is corrupt); copy it again or "
-                                "rerun prepare")
+        self.files = prepare_lib.shard_files(data_dir, self.meta, split)
+        self.docs = [s["documents"] for s in self.meta["splits"][split]["shards"]]
 
     def _init_bert(self, data: str | Sequence[str]) -> None:
         self.format = "bert"
-        patterns = [data] if isinstance(data, str) else list(data)
-        self.files = sorted(f for p in patterns for f in (glob.glob(p) or [p]))
-        missing = [f for f in self.files if not os.path.isfile(f)]
-        if not self.files or missing:
-            raise DataError(f"data {data!r} names no readable file "
-                            f"({missing[:1] or 'empty list'}); pass a prepared directory (with "
-                            "metadata.json) or TFRecord files")
+        self.files = records.expand_files(data)
         first = next(iter(tf.data.TFRecordDataset(self.files[0]).take(1)), None)
         feature = tf.train.Example.FromString(first.numpy()).features.feature if first is not None \
             else {}

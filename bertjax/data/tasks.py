@@ -10,16 +10,22 @@ lists let the fine-tuning command count, shuffle and featurise them however it l
   CoNLL / NER            {"guid": str, "words": [str], "tags": [str]}
 
 Bad input raises DataError with one line naming the file, the line, the offending value and what
-was expected. Tags are returned as written (CoNLL-2003's original files are IOB1; TFDS and most
-redistributions are IOB2); bertjax.finetuning.ner scores either and converts IOB1 to IOB2.
+was expected: bytes that are not UTF-8 (by line and column), a table row with empty text, a
+regression label that is not a finite number, a CoNLL token line whose column count differs
+from the file's first one, a -DOCSTART- inside a sentence. Tags are returned as written
+(CoNLL-2003's original files are IOB1; TFDS and most redistributions are IOB2);
+bertjax.finetuning.ner scores either and converts IOB1 to IOB2.
 
 No JAX here; TensorFlow Datasets is imported only by `tfds_examples`, which never downloads.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
+import math
 import os
 from typing import Any, Iterator, Sequence
 
@@ -29,27 +35,50 @@ from bertjax.data.glue import GlueTask, glue_task
 Example = dict[str, Any]
 
 
-def _lines(path: str) -> Iterator[tuple[int, str]]:
-    """(1-based line number, line without its end) for each line of a UTF-8 file."""
+def read_text(path: str) -> str:
+    """The whole of a UTF-8 text file (a leading byte-order mark dropped, as some GLUE/MRPC
+    copies start with one); a file that is missing, unreadable or not UTF-8 is one DataError
+    line naming the file and the line of the first bad byte."""
     try:
-        # newline="\n": split only at "\n"; a stray "\r" inside GLUE text must not cut a row.
-        # utf-8-sig: drops a leading byte-order mark (some GLUE/MRPC copies start with one).
-        with open(path, encoding="utf-8-sig", newline="\n") as f:
-            for number, line in enumerate(f, 1):
-                yield number, line.rstrip("\n").rstrip("\r")
+        with open(path, "rb") as f:
+            data = f.read()
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror or e}); check the path and its "
+                        "permissions") from None
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at column "
+                        f"{column}: {e.reason}); save the file as UTF-8") from None
+
+
+def _lines(path: str) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line without its end) for each line of a UTF-8 file."""
+    # split only at "\n": a stray "\r" inside GLUE text must not cut a row
+    lines = read_text(path).split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the file's final newline ends the last line; it starts none
+    for number, line in enumerate(lines, 1):
+        yield number, line.rstrip("\r")
 
 
 def _label_id(value: Any, labels: Sequence[str] | None, where: str) -> int | float:
     if labels is None:  # regression
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise DataError(f"{where}: label {value!r} is not a number, as a regression task "
                             f"needs") from None
+        if not math.isfinite(number):  # float() reads "nan" and "inf"; no loss can use them
+            raise DataError(f"{where}: label {value!r} is not a finite number, as a regression "
+                            "task needs; fix the row or remove it")
+        return number
     key = value if isinstance(value, str) else json.dumps(value)
     try:
         return list(labels).index(key)
@@ -160,6 +189,10 @@ def read_table(path: str, text_a: str, text_b: str | None = None, label: str | N
         for c in (text_a, text_b):
             if c is not None and not isinstance(row[c], str):
                 raise DataError(f"{path}:{number}: column {c!r} holds {row[c]!r}, expected text")
+            if c is not None and not row[c].strip():
+                what = "whitespace only" if row[c] else "empty"
+                raise DataError(f"{path}:{number}: column {c!r} is {what}; every row needs "
+                                "text: fill it in or remove the row")
         examples.append({
             "guid": f"{name}:{number}",
             "text_a": row[text_a],
@@ -203,22 +236,20 @@ def _table_rows(path: str, fmt: str, columns: Sequence[str]) -> Iterator[tuple[i
                                 f"header has {len(header)}")
             yield number, dict(zip(header, fields))
         return
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
     try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            reader = csv.DictReader(f)
-            header = reader.fieldnames or []
-            _check_columns(path, 1, columns, header)
-            for row in reader:
-                if None in row or any(v is None for v in row.values()):
-                    raise DataError(f"{path}:{reader.line_num}: the row's field count differs "
-                                    f"from the header's {len(header)}")
-                yield reader.line_num, row
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        header = reader.fieldnames
+        if not header:
+            raise DataError(f"{path}: empty file; expected a header line")
+        _check_columns(path, 1, columns, header)
+        for row in reader:
+            if None in row or any(v is None for v in row.values()):
+                raise DataError(f"{path}:{reader.line_num}: the row's field count differs "
+                                f"from the header's {len(header)}")
+            yield reader.line_num, row
     except csv.Error as e:
-        raise DataError(f"{path}: malformed CSV ({e})") from None
+        raise DataError(f"{path}:{reader.line_num}: malformed CSV ({e}); check the quoting "
+                        "of this row") from None
 
 
 def _check_columns(path: str, number: int, wanted: Sequence[str], present: list) -> None:
@@ -242,12 +273,10 @@ def read_squad(path: str) -> list[Example]:
       have is_impossible False.
     """
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not a SQuAD JSON file ({e})") from None
+        data = json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not a SQuAD JSON file ({e.msg} at line {e.lineno}, column "
+                        f"{e.colno})") from None
     if not isinstance(data, dict) or "data" not in data:
         raise DataError(f"{path}: no top-level 'data' list; expected a SQuAD v1.1/v2.0 JSON")
     examples: list[Example] = []
@@ -300,7 +329,9 @@ def _squad_answer(answer: Any, where: str) -> dict:
 def read_conll(path: str, tag_column: int = -1, word_column: int = 0) -> list[Example]:
     """Reads CoNLL-style token files: one "word ... tag" line per token, blank between sentences.
 
-    "-DOCSTART-" lines (document separators in CoNLL-2003) are skipped.
+    "-DOCSTART-" lines (document separators in CoNLL-2003) are skipped; one inside a sentence
+    (no blank line before it) is an error, as is a token line whose column count differs from
+    the file's first token line (a missing tag column, a word holding a space).
 
     Args:
       path: the file.
@@ -315,6 +346,7 @@ def read_conll(path: str, tag_column: int = -1, word_column: int = 0) -> list[Ex
     words: list[str] = []
     tags: list[str] = []
     start = 0
+    columns = None  # (count, line) of the first token line: every token line has as many
 
     def flush():
         if words:
@@ -323,19 +355,28 @@ def read_conll(path: str, tag_column: int = -1, word_column: int = 0) -> list[Ex
             words.clear()
             tags.clear()
 
+    need = max(word_column, tag_column) + 1 if tag_column >= 0 else max(word_column + 1, 2)
     for number, line in _lines(path):
         fields = line.split()
         if not fields:
             flush()
             continue
         if fields[0] == "-DOCSTART-":
-            flush()
+            if words:
+                raise DataError(f"{path}:{number}: -DOCSTART- inside the sentence that starts "
+                                f"at line {start}; put a blank line before it to end the "
+                                "sentence")
             continue
-        need = max(word_column, tag_column) + 1 if tag_column >= 0 else max(word_column + 1, 2)
         if len(fields) < need:
             raise DataError(f"{path}:{number}: {len(fields)} columns in {line!r}; expected "
                             f"at least {need} (word column {word_column}, tag column "
                             f"{tag_column})")
+        if columns is None:
+            columns = (len(fields), number)
+        elif len(fields) != columns[0]:
+            raise DataError(f"{path}:{number}: {len(fields)} columns in {line!r} but line "
+                            f"{columns[1]} has {columns[0]}; every token line needs the same "
+                            "columns (word ... tag, separated by spaces or tabs)")
         if not words:
             start = number
         words.append(fields[word_column])

@@ -28,6 +28,10 @@ SPECIAL_TOKENS = {"[PAD]": PAD_ID, "[UNK]": UNK_ID, "[CLS]": CLS_ID, "[SEP]": SE
                   "[MASK]": MASK_ID}
 NUM_SPECIAL = len(SPECIAL_TOKENS)  # ids below this are never masked nor used as random tokens
 MODEL_TYPES = ("unigram", "bpe")
+# Largest vocabulary trained: far above any BERT's (30522; multilingual ones ~250k), and far
+# below sizes that stall sentencepiece's trainer (2**31 - 1 had not returned after a minute on a
+# 0.7 MB corpus that 10**9 trains on in a second).
+MAX_VOCAB_SIZE = 1 << 20
 _WORD_MARK = "\u2581"
 
 
@@ -64,11 +68,19 @@ class Tokenizer:
         Returns:
           The tokenizer.
         """
+        if os.path.isdir(path):
+            raise DataError(f"tokenizer model {path} is a directory (expected a sentencepiece "
+                            f".model file, e.g. {os.path.join(path, 'tokenizer.model')}); check "
+                            "--tokenizer")
         if not os.path.isfile(path):
             raise DataError(f"tokenizer model {path} does not exist (expected a sentencepiece "
                             ".model file written by python -m bertjax.prepare); check --tokenizer")
-        with open(path, "rb") as f:
-            proto = f.read()
+        try:
+            with open(path, "rb") as f:
+                proto = f.read()
+        except OSError as e:
+            raise DataError(f"tokenizer model {path} cannot be read ({e.strerror}; expected a "
+                            "readable sentencepiece .model file); fix its permissions") from None
         try:
             return cls(proto, path)
         except RuntimeError as e:  # sentencepiece's parse failure
@@ -164,6 +176,9 @@ def train_tokenizer(sentences: Iterable[str], vocab_size: int = 30522, model_typ
         raise DataError(f"vocab_size {vocab_size} leaves no room for text pieces (expected more "
                         f"than the {NUM_SPECIAL} special tokens [PAD] [UNK] [CLS] [SEP] [MASK]); "
                         "pass --vocab_size 30522 or another value of at least a few hundred")
+    if vocab_size > MAX_VOCAB_SIZE:
+        raise DataError(f"vocab_size {vocab_size} is too large (expected at most {MAX_VOCAB_SIZE}; "
+                        "BERT uses 30522); pass a smaller --vocab_size")
     spm.set_random_generator_seed(seed)
     proto = io.BytesIO()
     try:

@@ -111,6 +111,12 @@ def resolve_task(config: Any) -> Task:
     d = config.data
     if config.task in ("custom", "demo"):
         labels = tuple(x.strip() for x in d.labels.split(",") if x.strip())
+        twice = sorted({x for x in labels if labels.count(x) > 1})
+        if twice and not d.regression:
+            raise config_lib.ConfigError(
+                f"config.data.labels={d.labels!r} lists {', '.join(map(repr, twice))} more than "
+                "once; each class once, comma-separated in class-id order (e.g. "
+                "--config.data.labels=neg,pos)")
         if not d.regression and len(labels) < 2:
             raise config_lib.ConfigError(
                 f"config.data.labels={d.labels!r}; a classification task needs at least two "
@@ -229,8 +235,11 @@ class ClassifyFamily:
                                lambda p: read_split(config, task, p, labelled=labelled))
         arrays = features.encode(rows, tok, config.max_seq_length, task.regression)
         label = arrays["label"]
-        if labelled and (np.isnan(label).any() if task.regression else (label < 0).any()):
-            raise DataError(f"{path}: has rows without a label; it must be labelled")
+        missing = np.isnan(label) if task.regression else label < 0
+        if labelled and missing.any():  # e.g. a GLUE test file (no label column) given as dev
+            raise DataError(f"{path}: row {rows[int(missing.argmax())]['guid']} has no label; "
+                            "a training or dev file must be labelled (a test file goes to "
+                            "--config.data.test)")
         return runner.Split(arrays, num_examples=len(rows))
 
     def loss_stats(self, outputs: jax.Array, batch: Batch) -> dict[str, jax.Array]:

@@ -2,13 +2,15 @@
 
 The run, in phases (``run``):
 
-  1. check   the input file(s), the output's directory, the encoder's workdir (a pre-training
-             or fine-tuning run, or a ``bertjax.convert`` import), its tokenizer, its sizes and
-             the mesh; every bad input is one line (ConfigError / DataError) before compiling;
+  1. check   the input file(s), the output (its directory exists; an existing file only with
+             ``overwrite``), the encoder's workdir (a pre-training or fine-tuning run, or a
+             ``bertjax.convert`` import), its tokenizer, its sizes and the mesh; every bad input
+             is one line (ConfigError / DataError) before compiling;
   2. build   ``SentenceEncoder`` (BertModel named ``bert`` + pooling): its parameter shapes
              and logical shardings (the rules of pre-training), the workdir's ``bert``
-             parameters restored straight into those shards (bertjax/finetuning/encoder.py), one
-             jitted step with the output replicated;
+             parameters restored straight into those shards (bertjax/finetuning/encoder.py; a
+             checkpoint that cannot be read is one line), one jitted step with the output
+             replicated;
   3. embed   global batches of ``batch_size`` sentences; the last one is padded with copies of
              its first row whose ``example_mask`` is 0 and whose outputs are dropped, so every
              sentence is embedded exactly once whatever the device and host counts;
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from typing import Any, Iterator, Sequence
 
 import flax.linen as nn
@@ -159,6 +162,12 @@ def check(settings: Settings) -> Plan:
     s = settings
     if s.pooling not in POOLINGS:
         raise config_lib.ConfigError(f"--pooling={s.pooling!r}; expected one of {POOLINGS}")
+    if s.max_seq_length < 3:
+        raise config_lib.ConfigError(f"--max_seq_length={s.max_seq_length}; expected at least 3 "
+                                     "([CLS], a token and [SEP]), e.g. 128")
+    if s.batch_size < 1:
+        raise config_lib.ConfigError(f"--batch_size={s.batch_size}; expected a positive number "
+                                     "of sentences per batch, e.g. 64")
     if not 1 <= s.examples_per_row <= s.max_seq_length // 3:
         raise config_lib.ConfigError(
             f"--examples_per_row={s.examples_per_row}; expected 1 (one sentence per row) up to "
@@ -174,6 +183,7 @@ def check(settings: Settings) -> Plan:
                           ("config.eval_batch_size", "--batch_size"),
                           ("config.max_seq_length", "--max_seq_length")):
             text = text.replace(key, flag)
+        text = re.sub(r" × config\.accum_steps \(1\) = \d+", "", text)  # no such flag here
         raise type(e)(text) from None
 
 
@@ -218,8 +228,23 @@ class Embedder:
         # no random initialisation is computed just to be overwritten (and no optimizer state).
         abstract, params_sh = train.param_shardings(model, train.task_inputs(s.max_seq_length),
                                                     self.mesh, plan.rules)
-        self.params = train.restore_params(s.init_from, abstract, params_sh, "--init_from",
-                                           subtree="bert")
+        from bertjax import checkpoint as ckpt_lib  # orbax
+
+        ckpt_lib.quiet_failed_restore()
+        try:
+            self.params = train.restore_params(s.init_from, abstract, params_sh, "--init_from",
+                                               subtree="bert")
+        except (config_lib.ConfigError, DataError):
+            raise
+        except Exception as e:  # the checkpoint's files: missing, truncated, not orbax's
+            text = str(e).strip()
+            why = f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else \
+                type(e).__name__
+            raise config_lib.ConfigError(
+                f"--init_from={s.init_from}: its encoder cannot be read from "
+                f"{rundir.resolve(s.init_from, '--init_from').step_dir} ({why}); the checkpoint "
+                "is damaged: use another step (--init_from=WORKDIR/checkpoints/N) or "
+                "re-create it") from e
         self.dim = plan.model_cfg.hidden_size
         keys = features.FEATURE_KEYS + (packing.PACKED_KEYS if s.examples_per_row > 1 else ())
         like = {k: np.zeros((s.batch_size, 1), np.int32) for k in keys}
@@ -383,17 +408,22 @@ def similarity_lines(sims: np.ndarray, gold: np.ndarray | None) -> list[str]:
                      for i, s in enumerate(sims)]
 
 
-def _check_output(path: str, suffix: str) -> None:
+def _check_output(path: str, suffix: str, overwrite: bool) -> None:
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise config_lib.ConfigError(f"--output={path}: directory {parent} does not exist; "
                                      "create it first")
     if suffix and not path.endswith(suffix):
         raise config_lib.ConfigError(f"--output={path}; expected a {suffix} file name")
+    if os.path.isdir(path):
+        raise config_lib.ConfigError(f"--output={path} is a directory; give a file name")
+    if os.path.exists(path) and not overwrite:
+        raise config_lib.ConfigError(f"--output={path} already exists; pass --overwrite to "
+                                     "replace it, or choose a new file name")
 
 
 def run(settings: Settings, input_path: str = "", pairs_path: str = "",
-        output: str = "") -> dict[str, Any]:
+        output: str = "", overwrite: bool = False) -> dict[str, Any]:
     """Embeds ``input_path`` into ``output`` (.npy), or scores ``pairs_path``.
 
     Args:
@@ -402,6 +432,7 @@ def run(settings: Settings, input_path: str = "", pairs_path: str = "",
       pairs_path: two tab-separated sentences (and an optional gold score) per line;
         ``output`` (optional) receives the similarities as TSV, else they are printed.
       output: where to write.
+      overwrite: replace an existing ``output`` (else it is refused before anything runs).
 
     Returns:
       {"count", "dim"} and, for pairs, "similarities" and (with gold scores) "pearson",
@@ -414,11 +445,11 @@ def run(settings: Settings, input_path: str = "", pairs_path: str = "",
     if input_path:
         if not output:
             raise config_lib.ConfigError("--input needs --output=PATH.npy for the embeddings")
-        _check_output(output, ".npy")
+        _check_output(output, ".npy", overwrite)
         sentences, gold = read_sentences(input_path), None
     else:
         if output:
-            _check_output(output, "")
+            _check_output(output, "", overwrite)
         first, second, gold = read_pairs(pairs_path)
         sentences = first + second
     plan = check(settings)

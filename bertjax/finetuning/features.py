@@ -8,8 +8,8 @@ Two tokenizers fit a bertjax checkpoint, and the checkpoint decides which (``loa
   * an import of an HF / google-research model (bertjax.convert) holds ``vocab.txt`` and its
     casing: WordPiece, id for id like BertTokenizer;
   * a bertjax pre-training run saved its config with each checkpoint; that config names its data
-    directory (bertjax.data.prepare.data_path) whose ``metadata.json`` names the sentencepiece model;
-    a fine-tuning run recorded the tokenizer it used. bertjax.rundir finds either.
+    directory (bertjax.data.prepare.data_path) whose ``metadata.json`` names the sentencepiece
+    model; a fine-tuning run recorded the tokenizer it used. bertjax.rundir finds either.
 
 TensorFlow is not imported here: tokenising is host-side numpy work.
 """
@@ -34,6 +34,8 @@ class TaskTokenizer(Protocol):
     cls_id: int
     sep_id: int
     pad_id: int
+    unk_id: int
+    mask_id: int
     vocab_size: int
     source: str
     path: str
@@ -50,6 +52,7 @@ class SentencePieceAdapter:
         from bertjax.data import tokenizer as sp  # sentencepiece: only when this kind is used
         self._tok = sp.Tokenizer.load(path)
         self.cls_id, self.sep_id, self.pad_id = sp.CLS_ID, sp.SEP_ID, sp.PAD_ID
+        self.unk_id, self.mask_id = sp.UNK_ID, sp.MASK_ID
         self.vocab_size = self._tok.vocab_size
         self.source = f"sentencepiece {path}"
         self.path = path  # what config.tokenizer takes to load this tokenizer again
@@ -75,6 +78,7 @@ class WordPieceAdapter:
             raise DataError(str(e)) from None
         self.cls_id, self.sep_id, self.pad_id = (self._tok.cls_id, self._tok.sep_id,
                                                  self._tok.pad_id)
+        self.unk_id, self.mask_id = self._tok.unk_id, self._tok.vocab.get("[MASK]", -1)
         self.vocab_size = self._tok.vocab_size
         casing = "uncased" if self._tok.do_lower_case else "cased"
         self.source = f"WordPiece {os.path.join(directory, 'vocab.txt')} ({casing})"

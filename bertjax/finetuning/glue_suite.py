@@ -16,27 +16,59 @@ The suite, in phases (``run_suite``):
              WORKDIR/summary.md and summary.json after every task, with the GLUE-style
              average: each task scores the mean of its metrics (MRPC and QQP (F1 + accuracy)
              / 2, STS-B (Pearson + Spearman) / 2, CoLA Matthews correlation, MNLI the matched
-             accuracy), and the average is the mean of those scores over the tasks run.
+             accuracy), and the average is the mean of those scores over the tasks run;
+  5. submit  (``predict_test``) the leaderboard submission: WORKDIR/submission/ and
+             WORKDIR/glue_submission.zip (``build_submission``).
 
 The same config (configs/glue.py with the command line's overrides) fine-tunes every task; only
 ``task`` and the data files change. TensorFlow is not imported here.
+
+The submission (gluebenchmark.com/submit) is what the GLUE server takes, as its authors' toolkit
+(nyu-mll/jiant, scripts/postproc/glue_submission_formatter.py) writes it: one zip whose top
+level holds one TSV per test set with fixed names (bertjax.data.glue.GLUE_SUBMISSION: CoLA.tsv,
+SST-2.tsv, MRPC.tsv, STS-B.tsv, QQP.tsv, MNLI-m.tsv, MNLI-mm.tsv, QNLI.tsv, RTE.tsv, WNLI.tsv,
+AX.tsv), each a header ``index<TAB>prediction`` then one row per example of the test file, in
+its order, with its ``index`` (QQP: ``id``) column; predictions are label strings as in the
+training files ("0"/"1" for CoLA, SST-2, MRPC, QQP, WNLI; entailment/neutral/contradiction for
+MNLI and AX; entailment/not_entailment for QNLI and RTE), STS-B a score, clipped here to the
+labels' [0, 5]. The MNLI model predicts MNLI-m (MNLI/test_matched.tsv), MNLI-mm
+(MNLI/test_mismatched.tsv) and AX, the diagnostic set (diagnostic/diagnostic.tsv in
+download_glue_data.py's layout; it has no training data). The task runs write
+predictions/test.tsv (index: the row's position); the suite predicts MNLI's two other test sets
+with the kept checkpoint into predictions/test_mismatched.tsv and predictions/ax.tsv, and the
+submission takes each row's index from the test file itself. Every row of every test file must
+be readable (one prediction each), or the suite stops before it trains.
+
+The server refuses a zip that lacks any of the 11 files (and an empty file; keras-team/keras-hub,
+examples/glue_benchmark/README.md). A task this suite did not run (not in --tasks, skipped,
+or without its test file) gets no file: the zip is written with what there is, and the summary
+and the command's output name the missing files and say the server will refuse it. With
+``fill_missing`` (``--fill_missing``) a missing file whose test and training files are in the
+GLUE directory is filled with the training file's majority class (STS-B: its mean score):
+people who submit a subset of tasks fill the others with something (keras-hub's README copies
+the server's sample submission's files); these score at chance, and the summary lists them as
+filled. It is opt-in so that no constant file is ever submitted unasked.
 """
 
 from __future__ import annotations
 
+import collections
 import copy
+import io
 import dataclasses
 import json
 import math
 import os
+import zipfile
 from typing import Any, Sequence
 
 from bertjax import config as config_lib
+from bertjax import lock
 from bertjax import multihost
 from bertjax import rundir
 from bertjax.data import tasks as readers
 from bertjax.data.errors import DataError
-from bertjax.data.glue import glue_task
+from bertjax.data.glue import GLUE_SUBMISSION, STSB_RANGE, SubmissionFile, glue_task
 from bertjax.finetuning import classify
 from bertjax.finetuning import encoder
 from bertjax.finetuning import features
@@ -46,6 +78,9 @@ GLUE_DIRS = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "
              "mnli": "MNLI", "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI"}
 _SHORT = {"accuracy": "acc", "f1": "F1", "mcc": "MCC", "pearson": "Pearson",
           "spearman": "Spearman"}
+SUBMISSION_DIR = "submission"  # WORKDIR/submission/: the zip's files, to read or check
+SUBMISSION_ZIP = "glue_submission.zip"  # WORKDIR/glue_submission.zip: the file to upload
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # every member's date (zip's earliest): the same zip each time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,17 +95,21 @@ class TaskFiles:
 
 
 def parse_tasks(text: str) -> list[str]:
-    """"cola,sst2" -> ["cola", "sst2"] (GLUE spellings such as SST-2 accepted); "" -> all."""
+    """"cola,sst2" -> ["cola", "sst2"] (GLUE spellings such as SST-2 accepted); "" -> all.
+    An unknown or repeated task is a ConfigError."""
     if not text.strip():
         return list(GLUE_DIRS)
-    out = []
+    out, given = [], {}
     for name in (t.strip() for t in text.split(",") if t.strip()):
         key = name.lower().replace("-", "")
         if key not in GLUE_DIRS:
             raise config_lib.ConfigError(f"--tasks: {name!r} is not a GLUE task; expected a "
                                          f"comma-separated subset of {','.join(GLUE_DIRS)}")
-        if key not in out:
-            out.append(key)
+        if key in given:  # a task twice is a slip (perhaps for another task): say so
+            raise config_lib.ConfigError(f"--tasks={text}: {key} is listed twice ({given[key]!r} "
+                                         f"and {name!r}); list each task once")
+        given[key] = name
+        out.append(key)
     return out
 
 
@@ -168,12 +207,274 @@ def write_summary(workdir: str, summary: dict[str, Any]) -> str:
     skipped = "".join(f"\n- {t}: skipped, {why}" for t, why in summary["skipped"].items())
     md = (f"# GLUE dev results\n\nEncoder: {summary['init_from'] or 'random init'}\n\n"
           f"{table(summary)}\n{skipped}\n")
+    if summary.get("submission"):
+        md += "\n" + submission_table(summary["submission"]) + "\n"
     for name, text in (("summary.json", json.dumps(summary, indent=2)), ("summary.md", md)):
         path = os.path.join(workdir, name)
         with open(path + ".tmp", "w") as f:
             f.write(text)
         os.replace(path + ".tmp", path)
     return md
+
+
+# ------------------------------------------------------------------------------- submission
+
+
+def submission_files(task: str) -> list[SubmissionFile]:
+    """The submission files the task's model predicts (MNLI: MNLI-m, MNLI-mm and AX)."""
+    return [s for s in GLUE_SUBMISSION if s.task == task]
+
+
+def submission_test_file(glue_dir: str, sub: SubmissionFile) -> str:
+    """The first of the file's test files that is in ``glue_dir``, or ""."""
+    for rel in sub.test_files:
+        path = os.path.join(glue_dir, *rel.split("/"))
+        if os.path.isfile(path):
+            return path
+    return ""
+
+
+def row_indices(path: str, task: str) -> list[str]:
+    """The index (QQP: id) of each row of a GLUE test file, in order: the rows the server wants
+    predicted. Raises DataError (one line) for a file without rows or without an index column,
+    or with a row the task's reader cannot read (it would get no prediction)."""
+    rows = readers.read_glue(path, task)
+    lines = readers.read_text(path).split("\n")
+    header = lines[0].rstrip("\r").split("\t")
+    if not rows:
+        raise DataError(f"{path}: holds no examples (a header or blank lines only); {task} "
+                        "needs at least one row in each of its files")
+    if "index" not in header and "id" not in header:
+        raise DataError(f"{path}: no 'index' (or 'id') column (columns: {header}); the GLUE "
+                        "submission numbers each test row by it, as the GLUE test files do")
+    count = sum(1 for line in lines[1:] if line.rstrip("\r"))
+    if count != len(rows):
+        raise DataError(f"{path}: {count - len(rows)} of its {count} rows have too few "
+                        "tab-separated fields to be read, and the GLUE server wants a "
+                        "prediction for every row; repair them")
+    return [r["guid"] for r in rows]
+
+
+def _predictions(path: str) -> list[str] | None:
+    """The prediction column of a predictions/NAME.tsv, or None when it is absent or not one."""
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    if lines[0] != "index\tprediction":
+        return None
+    return [line.split("\t", 1)[-1] for line in lines[1:] if line]
+
+
+def _submitted(value: str, task: str, where: str) -> str:
+    """One prediction as the server takes it: a label string of the task, or for STS-B a score
+    clipped to [0, 5]."""
+    spec = glue_task(task)
+    if spec.is_regression:
+        try:
+            x = float(value)
+        except ValueError:
+            x = math.nan
+        if not math.isfinite(x):
+            raise DataError(f"{where}: prediction {value!r} is not a finite number")
+        lo, hi = STSB_RANGE
+        return f"{min(max(x, lo), hi) + 0.0:.6f}"  # + 0.0: no "-0.000000"
+    if value not in spec.labels:
+        raise DataError(f"{where}: prediction {value!r} is not one of the {task} labels "
+                        f"{list(spec.labels)}")
+    return value
+
+
+def majority(glue_dir: str, task: str) -> tuple[str, str] | None:
+    """(prediction, how it was found) for filling a task's submission file: the majority class
+    of its training file (ties: the first label), for STS-B its mean score; None without one."""
+    train = os.path.join(glue_dir, GLUE_DIRS[task], "train.tsv")
+    if not os.path.isfile(train):
+        return None
+    labels = [r["label"] for r in readers.read_glue(train, task)]
+    if not labels:
+        return None
+    spec = glue_task(task)
+    rel = os.path.join(GLUE_DIRS[task], "train.tsv")
+    if spec.is_regression:
+        mean = sum(labels) / len(labels)
+        return f"{mean:.6f}", f"the mean score of {rel}"
+    counts = collections.Counter(labels)
+    best = max(sorted(counts), key=lambda k: counts[k])  # the first of equally common ones
+    return spec.labels[best], f"the majority class of {rel}"
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+    with open(path + ".tmp", "wb") as f:
+        f.write(data)
+    os.replace(path + ".tmp", path)
+
+
+def _zip_bytes(members: Sequence[tuple[str, bytes]]) -> bytes:
+    """A zip of ``members`` (name, contents) at its top level, the same bytes for the same
+    members: fixed dates and permissions, deflated, in the given order."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in members:
+            info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.create_system = 3  # unix, whatever the host: its permissions below
+            info.external_attr = 0o644 << 16
+            z.writestr(info, data)
+    return buffer.getvalue()
+
+
+def build_submission(glue_dir: str, workdir: str, tasks: Sequence[str],
+                     fill_missing: bool = False, reasons: dict[str, str] | None = None,
+                     ids: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    """Writes the GLUE leaderboard submission: WORKDIR/submission/<file> for each file of
+    ``GLUE_SUBMISSION`` there is, and WORKDIR/glue_submission.zip holding them (each through a
+    temporary file; files of an earlier build that are not made again are removed).
+
+    Args:
+      glue_dir: the GLUE download: the test files give each row's index.
+      workdir: the suite's workdir; task T's predictions are T/predictions/<name>.tsv.
+      tasks: the tasks whose predictions go in (those the suite ran or found finished).
+      fill_missing: fill a file of a task not in ``tasks`` with ``majority`` where its test and
+        training files are in ``glue_dir``.
+      reasons: task -> why it is not in ``tasks``, for the missing files' notes.
+      ids: test file path -> ``row_indices`` already read.
+
+    Returns:
+      {"zip": its path, or None when there is no file, "directory", "complete": all 11 files,
+      "files": {name: {"task", "rows", and "predictions" (the file, relative to workdir) or
+      "filled" (the prediction and how it was found)}}, "missing": {name: why},
+      "fill_missing"}.
+
+    Raises:
+      DataError: a predictions file that is absent, or is not one row per test row, or holds a
+        prediction that is not a label of the task (STS-B: not a number).
+    """
+    reasons, ids = reasons or {}, dict(ids or {})
+    files: dict[str, dict] = {}
+    missing: dict[str, str] = {}
+    members: list[tuple[str, bytes]] = []
+    for sub in GLUE_SUBMISSION:
+        test = submission_test_file(glue_dir, sub)
+        places = " or ".join(os.path.join(glue_dir, *r.split("/")) for r in sub.test_files)
+        filled = None
+        if sub.task not in tasks:
+            filled = majority(glue_dir, sub.task) if fill_missing and test else None
+            if filled is None:
+                why = reasons.get(sub.task, f"{sub.task} was not run")
+                if fill_missing:
+                    why += ("; no training file to fill it from" if test else
+                            f"; no test file to fill: {places} not found")
+                missing[sub.name] = why
+                continue
+        elif not test:
+            missing[sub.name] = f"no test file: {places} not found"
+            continue
+        if test not in ids:
+            ids[test] = row_indices(test, sub.task)
+        index = ids[test]
+        if filled is not None:
+            values, where = [filled[0]] * len(index), f"{sub.name} (filled)"
+            files[sub.name] = {"task": sub.task, "rows": len(index),
+                               "filled": f"{filled[0]} ({filled[1]})"}
+        else:
+            where = os.path.join(workdir, sub.task, "predictions", f"{sub.prediction}.tsv")
+            values = _predictions(where)
+            if values is None or len(values) != len(index):
+                got = ("absent or without its header" if values is None
+                       else f"{len(values)} predictions")
+                raise DataError(f"{where}: {got}, but {test} has {len(index)} rows; rerun the "
+                                f"suite with --overwrite --tasks={sub.task}")
+            files[sub.name] = {"task": sub.task, "rows": len(index),
+                               "predictions": os.path.relpath(where, workdir)}
+        body = "".join(f"{i}\t{_submitted(v, sub.task, where)}\n"
+                       for i, v in zip(index, values))
+        members.append((sub.name, ("index\tprediction\n" + body).encode("utf-8")))
+    directory = os.path.join(workdir, SUBMISSION_DIR)
+    if members:
+        os.makedirs(directory, exist_ok=True)
+    made = dict(members)
+    for sub in GLUE_SUBMISSION:
+        path = os.path.join(directory, sub.name)
+        if sub.name in made:
+            _write_bytes(path, made[sub.name])
+        elif os.path.exists(path):  # from an earlier build: not part of this one
+            os.remove(path)
+    archive = os.path.join(workdir, SUBMISSION_ZIP)
+    if members:
+        _write_bytes(archive, _zip_bytes(members))
+    elif os.path.exists(archive):
+        os.remove(archive)
+    return {"zip": archive if members else None, "directory": directory,
+            "complete": not missing, "files": files, "missing": missing,
+            "fill_missing": fill_missing}
+
+
+def submission_lines(info: dict[str, Any]) -> list[str]:
+    """What the command prints about the submission."""
+    n, total = len(info["files"]), len(GLUE_SUBMISSION)
+    filled = [name for name, f in info["files"].items() if "filled" in f]
+    lines = [f"submission: {info['zip']} ({n} of the {total} files; also in "
+             f"{info['directory']})" if info["zip"] else "submission: none written (no file)"]
+    if filled:
+        lines.append(f"submission: filled with a constant (scores at chance): "
+                     f"{', '.join(filled)}")
+    if info["missing"]:
+        lines.append(f"warning: the GLUE server refuses a submission without all {total} files; "
+                     "missing " + ", ".join(f"{name} ({why})"
+                                            for name, why in info["missing"].items()))
+        lines.append("warning: run those tasks (with their test files in --glue_dir)" + (
+            "" if info.get("fill_missing") else ", or pass --fill_missing to fill each task "
+            "whose test and training files are there with its majority class"))
+    return lines
+
+
+def submission_table(info: dict[str, Any]) -> str:
+    """The submission's part of summary.md."""
+    total = len(GLUE_SUBMISSION)
+    state = ("complete" if info["complete"] else
+             f"**incomplete**, the GLUE server refuses it without all {total} files")
+    out = ["## GLUE submission", "",
+           (f"`{SUBMISSION_ZIP}` (files also in `{SUBMISSION_DIR}/`): {len(info['files'])} of "
+            f"the {total} files, {state}." if info["zip"] else "No submission written."), ""]
+    if info["files"]:
+        out += ["| file | task | rows | predictions |", "|---|---|---:|---|"]
+        out += [f"| {name} | {f['task']} | {f['rows']} | "
+                f"{f.get('predictions') or 'filled: ' + f['filled']} |"
+                for name, f in info["files"].items()]
+        out += [""] if info["missing"] else []
+    out += [f"- {name}: missing, {why}" for name, why in info["missing"].items()]
+    return "\n".join(out)
+
+
+def predict_tests(config: Any, task_dir: str, tests: dict[str, str], tag: str) -> None:
+    """predictions/<name>.tsv in ``task_dir`` for each name -> test file of ``tests``, by the
+    task's kept checkpoint (e.g. MNLI's mismatched test set and the diagnostic set), as
+    ``classify.run(..., eval_only=True)`` would predict its test file."""
+    from bertjax.finetuning import runner
+
+    chief = multihost.is_chief()
+    say = (lambda s: print(f"[{tag}] {s}", flush=True)) if chief else (lambda s: None)
+    family = classify.ClassifyFamily()
+    (first, first_path), *_ = tests.items()
+    c = copy.deepcopy(config)
+    with c.unlocked():
+        c.data.test = first_path  # read by settle; the others below
+    plan = runner.settle(c, task_dir, family, eval_only=True)
+    with lock.hold(task_dir, chief=chief):
+        built = runner.build(plan, say)
+        say(f"predicting {', '.join(tests.values())} with the kept checkpoint (step "
+            f"{built.best['step']})")
+        try:
+            for name, path in tests.items():
+                split = (plan.testset if name == first else
+                         family.read(plan.config, plan.tok, path, False))
+                outputs, _ = built.evaluator.outputs(built.state.params, name, split)
+                if chief:
+                    family.write_predictions(os.path.join(task_dir, "predictions"), name,
+                                             outputs, split)
+        finally:
+            built.ckpt.close()
 
 
 def _finished(task_dir: str) -> dict | None:
@@ -200,8 +501,8 @@ def _check_encoder(config: Any) -> None:
 
 def run_suite(config: Any, glue_dir: str, workdir: str, tasks: Sequence[str],
               init_from: str = "", overwrite: bool = False,
-              predict_test: bool = True) -> dict[str, Any]:
-    """Fine-tunes every found task of ``tasks`` and writes the summary.
+              predict_test: bool = True, fill_missing: bool = False) -> dict[str, Any]:
+    """Fine-tunes every found task of ``tasks`` and writes the summary (and the submission).
 
     Args:
       config: a fine-tuning config (configs/glue.py with overrides); its task and data files
@@ -211,10 +512,13 @@ def run_suite(config: Any, glue_dir: str, workdir: str, tasks: Sequence[str],
       tasks: task names (see ``parse_tasks``).
       init_from: the encoder's workdir (default: config.init_from).
       overwrite: rerun tasks that already finished in their workdir.
-      predict_test: also write predictions/test.tsv where the task has a test file.
+      predict_test: also write predictions/test.tsv where the task has a test file (MNLI:
+        test_mismatched.tsv and ax.tsv too), and the submission (``build_submission``).
+      fill_missing: fill the submission's files of tasks not run with their majority class.
 
     Returns:
-      The summary (see ``summarize``).
+      The summary (see ``summarize``), with "submission" (see ``build_submission``) when
+      ``predict_test``.
 
     Raises:
       ConfigError, DataError: one line; the suite's own checks (files, rows, encoder, mesh)
@@ -254,36 +558,72 @@ def run_suite(config: Any, glue_dir: str, workdir: str, tasks: Sequence[str],
                     f"{init_from or 'random init'}; use another --workdir or --overwrite")
             done[f.task] = previous
             continue
-        for path in (f.train, f.dev, f.test if predict_test else "", f.dev_mismatched):
-            if path:
-                readers.read_glue(path, f.task)  # a bad row stops the suite here, not later
+        for path in (f.train, f.dev, f.dev_mismatched):
+            # a bad row, or a file without rows, stops the suite here, not in its task
+            if path and not readers.read_glue(path, f.task):
+                raise DataError(f"{path}: holds no examples (a header or blank lines only); "
+                                f"{f.task} needs at least one row in each of its files")
+    # The test files: every row readable, with its index (or the suite stops here). A task
+    # run now predicts test.tsv itself and its other test sets afterwards (MNLI's); a finished
+    # one predicts those whose predictions are missing or of another length.
+    ids: dict[str, list[str]] = {}
+    more: dict[str, dict[str, str]] = {}  # task -> {predictions name: test file}
+    for f in found if predict_test else ():
+        for sub in submission_files(f.task):
+            path = submission_test_file(glue_dir, sub)
+            if not path:
+                continue
+            ids[path] = row_indices(path, f.task)
+            pred = os.path.join(workdir, f.task, "predictions", f"{sub.prediction}.tsv")
+            if (f.task in done and len(_predictions(pred) or ()) != len(ids[path])) or (
+                    f.task not in done and sub.prediction != "test"):
+                more.setdefault(f.task, {})[sub.prediction] = path
     pending = [f.task for f in found if f.task not in done]
     if pending:
         _check_encoder(configs[pending[0]])  # the same encoder and batch for every task
     # 3. run
     os.makedirs(workdir, exist_ok=True)
-    results: dict[str, dict] = {}
-    for f in found:
-        task_dir = os.path.join(workdir, f.task)
-        if f.task in done:
-            say(f"{f.task}: finished earlier in {task_dir}; not rerun (--overwrite reruns it)")
-            results[f.task] = done[f.task]
-        else:
-            restart = rundir.saved_config(task_dir) is not None
-            if restart and not overwrite:
-                say(f"{f.task}: {task_dir} holds an unfinished run; starting it again")
-            if chief and os.path.exists(os.path.join(task_dir, "metrics.json")):
-                os.remove(os.path.join(task_dir, "metrics.json"))  # stale until this run ends
-            multihost.barrier(f"glue {f.task} workdir ready")
-            try:
-                results[f.task] = classify.run(configs[f.task], task_dir, eval_only=False,
-                                               overwrite=restart, tag=f.task)
-            except (config_lib.ConfigError, DataError) as e:
-                raise type(e)(f"{f.task}: {e}") from None
-        # 4. report, after every task: an interrupted suite still shows what it finished
-        summary = summarize(results, skipped, init_from)
-        if chief:
+    with lock.hold(workdir, chief=chief):  # one suite at a time; each task locks its own
+        results: dict[str, dict] = {}
+        for f in found:
+            task_dir = os.path.join(workdir, f.task)
+            if f.task in done:
+                say(f"{f.task}: finished earlier in {task_dir}; not rerun (--overwrite reruns it)")
+                results[f.task] = done[f.task]
+            else:
+                restart = rundir.saved_config(task_dir) is not None
+                if restart and not overwrite:
+                    say(f"{f.task}: {task_dir} holds an unfinished run; starting it again")
+                stale = [os.path.join(task_dir, "metrics.json")] + [
+                    os.path.join(task_dir, "predictions", f"{sub.prediction}.tsv")
+                    for sub in (submission_files(f.task) if predict_test else ())]
+                for path in stale if chief else ():  # this run writes them anew
+                    if os.path.exists(path):
+                        os.remove(path)
+                multihost.barrier(f"glue {f.task} workdir ready")
+                try:
+                    results[f.task] = classify.run(configs[f.task], task_dir, eval_only=False,
+                                                   overwrite=restart, tag=f.task)
+                except (config_lib.ConfigError, DataError) as e:
+                    raise type(e)(f"{f.task}: {e}") from None
+            if f.task in more:  # MNLI's other test sets, or a finished task's missing ones
+                try:
+                    predict_tests(configs[f.task], task_dir, more[f.task], f.task)
+                except (config_lib.ConfigError, DataError) as e:
+                    raise type(e)(f"{f.task}: {e}") from None
+            # 4. report, after every task: an interrupted suite still shows what it finished
+            summary = summarize(results, skipped, init_from)
+            if chief:
+                write_summary(workdir, summary)
+        # 5. submit
+        if predict_test and chief:
+            reasons = {t: f"{t} not in --tasks" for t in GLUE_DIRS}
+            reasons.update({t: f"{t} skipped: {why}" for t, why in skipped.items()})
+            summary["submission"] = build_submission(glue_dir, workdir, list(results),
+                                                     fill_missing, reasons, ids)
             write_summary(workdir, summary)
     say("\n" + table(summary))
     say(f"summary: {os.path.join(workdir, 'summary.md')} (and summary.json)")
+    for line in submission_lines(summary["submission"]) if "submission" in summary else ():
+        say(line)
     return summary

@@ -7,7 +7,10 @@
              separators and the padding are masked out of both distributions;
   * data     SQuAD JSON files (``config.data.train/dev/test``) or TFDS squad/v1.1, squad/v2.0
              (``config.data.tfds``), cut into windows of ``max_seq_length`` with
-             ``config.data.doc_stride`` (bertjax.finetuning.qa_features); a row is a window;
+             ``config.data.doc_stride`` (bertjax.finetuning.qa_features); a row is a window.
+             A training answer must stand at its answer_start (``check_examples``; from TFDS,
+             whose squad before 3.0.0 misaligned 19 answers by dropping contexts' leading
+             whitespace, anywhere in the context), a v1.1 answer must have text;
   * loss     the mean of the start and end cross-entropies against the answer's tokens in the
              window, or [CLS] where the window does not hold the answer;
   * metrics  each question decoded across its windows (bertjax.finetuning.squad.decode: n-best,
@@ -40,6 +43,7 @@ from bertjax.data.errors import DataError
 from bertjax.finetuning import features
 from bertjax.finetuning import qa_features
 from bertjax.finetuning import runner
+from bertjax.finetuning import splits
 from bertjax.finetuning import squad
 
 Batch = dict[str, jax.Array]
@@ -144,8 +148,19 @@ def _write_json(path: str, value: Any) -> None:
 # ----------------------------------------------------------------------------------- family
 
 
-def check_examples(examples: list[dict], where: str, version_2: bool, labelled: bool) -> None:
-    """One line for a question the chosen SQuAD version cannot train or score on."""
+def check_examples(examples: list[dict], where: str, version_2: bool, labelled: bool,
+                   training: bool = False, exact: bool = True) -> None:
+    """One line for a question the chosen SQuAD version cannot train or score on.
+
+    Labelled: every question has answers (or, v2.0, is_impossible), each within its context;
+    in v1.1 every answer has text (the official v1.1 script has no "no answer"; v2.0 scores an
+    empty gold answer as no answer, as its script does). ``training``: each answer's text must
+    stand in the context at its answer_start (``exact``, for files: the official files hold
+    exactly that, and an answer elsewhere would train the wrong span), or, for TFDS, whose
+    squad datasets before 3.0.0 dropped the contexts' leading whitespace and so shifted 19
+    answers' offsets, occur in the context (the occurrence nearest to answer_start is trained,
+    qa_features.answer_chars).
+    """
     seen = set()
     for e in examples:
         if e["id"] in seen:
@@ -153,17 +168,45 @@ def check_examples(examples: list[dict], where: str, version_2: bool, labelled: 
         seen.add(e["id"])
         if not labelled:
             continue
+        context = e["context"]
         for a in e["answers"]:
-            if not 0 <= a["answer_start"] <= len(e["context"]):
+            if not 0 <= a["answer_start"] <= len(context):
                 raise DataError(f"{where}: question {e['id']!r} has answer_start "
                                 f"{a['answer_start']} outside its context of "
-                                f"{len(e['context'])} characters")
+                                f"{len(context)} characters")
+            if not version_2 and not a["text"].strip():
+                raise DataError(f"{where}: question {e['id']!r} has an answer with empty text "
+                                f"{a['text']!r}; SQuAD v1.1 answers need text (a question "
+                                "without an answer is v2.0: --config=configs/squad.py:"
+                                "version=2.0 with is_impossible)")
         if not e["answers"] and not e["is_impossible"]:
             raise DataError(f"{where}: question {e['id']!r} has no answers and is not marked "
                             "is_impossible; every labelled question needs an answer")
         if e["is_impossible"] and not version_2:
             raise DataError(f"{where}: question {e['id']!r} is_impossible (SQuAD v2.0) but the "
                             "config is v1.1; use --config=configs/squad.py:version=2.0")
+        if training and not e["is_impossible"]:
+            for a in e["answers"]:
+                _check_span(e, a, where, exact)
+
+
+def _check_span(e: dict, answer: dict, where: str, exact: bool) -> None:
+    """A training answer's text stands at its answer_start (or, not ``exact``, somewhere in
+    the context); else one line naming the question and where the text does occur."""
+    text, start, context = answer["text"], answer["answer_start"], e["context"]
+    if not text.strip():
+        raise DataError(f"{where}: question {e['id']!r} has an answer with empty text "
+                        f"{text!r} and is not is_impossible; give the answer's text, or mark "
+                        "the question is_impossible with no answers")
+    found = qa_features.answer_chars(context, answer)
+    if found is not None and (found[0] == start or not exact):
+        return
+    there = context[start:start + len(text)]
+    hint = (f"{text!r} occurs at {found[0]}" if found is not None
+            else f"{text!r} does not occur in the context at all")
+    raise DataError(f"{where}: question {e['id']!r}: answer {text!r} has answer_start {start}, "
+                    f"but the context there reads {there!r} ({hint}); fix answer_start (the "
+                    "character offset of the answer text in the context) or the text")
 
 
 class QAFamily:
@@ -218,13 +261,16 @@ class QAFamily:
         examples = runner.examples(config, path, readers.read_squad)
         if not examples:
             raise DataError(f"{path}: holds no questions; expected a SQuAD v1.1/v2.0 JSON")
-        check_examples(examples, path, self.version_2, labelled)
+        training = labelled and path == splits.train_source(config)
+        check_examples(examples, path, self.version_2, labelled, training,
+                       exact=not path.startswith(runner.TFDS_PREFIX))
         d = config.data
         feats = qa_features.featurise(examples, tok, config.max_seq_length, d.max_query_length,
                                       d.doc_stride, where=path)
-        if labelled and feats.unlocated:
-            logging.warning("%s: %d answers not found in their context are trained as "
-                            "no-answer windows", path, feats.unlocated)
+        if labelled and feats.unlocated:  # not in training (check_examples): dev loss only
+            logging.warning("%s: %d answers not found in their context; their windows' loss "
+                            "targets no answer (scores compare answer texts)", path,
+                            feats.unlocated)
         return runner.Split(feats.arrays, meta=feats.questions, num_examples=len(examples))
 
     def loss_stats(self, outputs: dict[str, jax.Array], batch: Batch) -> dict[str, jax.Array]:

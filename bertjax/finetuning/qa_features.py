@@ -155,8 +155,8 @@ class Question:
 @dataclasses.dataclass
 class Featurised:
     """Rows (input_ids, input_mask, segment_ids, start_positions, end_positions) and
-    questions; ``unlocated`` counts answers not found in their context (trained as no-answer
-    windows, as google-research/bert skips them)."""
+    questions; ``unlocated`` counts answers not found in their context, whose windows target
+    [CLS] (only in evaluation sets: bertjax.finetuning.qa refuses a training set with one)."""
 
     arrays: dict[str, np.ndarray]
     questions: list[Question]

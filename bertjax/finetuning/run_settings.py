@@ -1,5 +1,6 @@
-"""The settings of a fine-tuning run: checked before anything is read, taken from the workdir
-for ``--eval_only``, compared with an unfinished run's before it resumes, and resolved (steps,
+"""The settings of a fine-tuning run: checked before anything is read (a workdir that holds a
+pre-training run or an import is refused, ``check_workdir``), taken from the workdir for
+``--eval_only``, compared with an unfinished run's before it resumes, and resolved (steps,
 warmup) once the training set is read. Used by bertjax/finetuning/runner.py.
 """
 
@@ -59,10 +60,12 @@ def with_learning_rate(config: Any, lr: float) -> Any:
 
 def take_saved(config: Any, saved: dict) -> ml_collections.ConfigDict:
     """eval_only: a copy of ``config`` in which the fine-tuned model (task, family, encoder
-    sizes, tokenizer, sequence length, QA windows) is what the workdir says it is, whatever the
-    command line says; data settings the command leaves empty (files, label list, scheme) come
-    from the workdir too. ``saved`` is upgraded (bertjax.rundir): keys it predates hold the
-    values its run used."""
+    sizes, tokenizer, sequence length, QA windows, label list, regression, SQuAD version) is
+    what the workdir says it is, whatever the command line says; data settings the command
+    leaves empty (files) come from the workdir too, and so do the settings of how files are
+    read (``READ_KEYS``: columns, format, tag scheme) the command leaves at their defaults, so
+    that a dev or test file given alone is read with the columns the run was trained with.
+    ``saved`` is upgraded (bertjax.rundir): keys it predates hold the values its run used."""
     out = ml_collections.ConfigDict(config.to_dict())
     out.task = saved.get("task", out.task)
     if "family" in out and saved.get("family"):
@@ -76,16 +79,28 @@ def take_saved(config: Any, saved: dict) -> ml_collections.ConfigDict:
     out.model = ml_collections.ConfigDict(saved["model"])
     # rows are cut (and NER sentences windowed) as in training
     out.max_seq_length = saved.get("max_seq_length", out.max_seq_length)
-    for key in WINDOW_KEYS:  # and QA contexts windowed as in training
-        if key in out.data and key in saved.get("data", {}):
+    for key in WINDOW_KEYS + MODEL_DATA_KEYS:  # QA contexts windowed as in training, and
+        if key in out.data and key in saved.get("data", {}):  # the head's outputs as trained
             out.data[key] = saved["data"][key]
     for key, value in saved.get("data", {}).items():
-        if key in out.data and not out.data[key] and value:
+        if key not in out.data:
+            continue
+        if key in READ_KEYS:  # how the files are read: the workdir's unless the command
+            if out.data[key] == READ_KEYS[key]:  # line sets another value than the default
+                out.data[key] = value
+        elif not out.data[key] and value:
             out.data[key] = value
     return out
 
 
 WINDOW_KEYS = ("doc_stride", "max_query_length")  # config.data keys that cut rows
+# config.data keys that make the head what it is (its classes and their ids, regression, SQuAD
+# v2.0's no-answer): eval_only always takes the workdir's, as it does the task.
+MODEL_DATA_KEYS = ("labels", "regression", "version_2")
+# config.data keys that say how a file is read (columns, format, tag scheme), with the value the
+# config files leave them at: eval_only takes the workdir's unless the command line sets another.
+READ_KEYS = {"text_a": "", "text_b": "", "label": "label", "format": "", "scheme": "",
+             "word_column": 0, "tag_column": -1}
 LATEST = rundir.LATEST  # the resumable state; "checkpoints" holds the best one
 RESUME_KEYS = ("task", "family", "init_from", "seed", "rng_impl", "global_batch_size",
                "max_seq_length", "total_steps", "optim.lr", "optim.warmup_steps", "data.train",
@@ -101,13 +116,47 @@ def check_settings(config: Any, eval_only: bool = False) -> None:
     """The settings that can be checked before any file is read or written.
 
     Raises:
-      ConfigError: ``init_from`` missing (when training) or an unknown ``rng_impl``.
+      ConfigError: ``init_from`` missing, no steps to train (a negative ``total_steps``, or
+        ``num_epochs`` <= 0 with ``total_steps`` 0) when training, or an unknown ``rng_impl``.
     """
     if not eval_only and config.init_from and not os.path.isdir(config.init_from):
         raise config_lib.ConfigError(f"config.init_from={config.init_from!r} does not exist; "
                                      "give a pre-training workdir (or one of its "
                                      "checkpoints/N) or an import")
+    if not eval_only and config.total_steps < 0:
+        raise config_lib.ConfigError(f"config.total_steps={config.total_steps}; expected a "
+                                     "positive number of steps, or 0 for config.num_epochs")
+    if not eval_only and not config.total_steps and not config.num_epochs > 0:
+        raise config_lib.ConfigError(f"config.num_epochs={config.num_epochs}; expected more "
+                                     "than 0 passes over the training set (or set "
+                                     "config.total_steps)")
     config_lib.check_rng_impl(config)
+
+
+def check_workdir(workdir: str, eval_only: bool, overwrite: bool) -> None:
+    """A workdir holding a pre-training run or an import is neither evaluated as a
+    fine-tuning nor written (nor, with --overwrite, emptied) by one: one line saying what it is
+    and what to pass instead."""
+    if not os.path.isdir(workdir) or (rundir.step_dir(workdir) is None and not os.path.exists(
+            os.path.join(workdir, rundir.MODEL_CONFIG))):
+        return
+    try:
+        kind = rundir.resolve(workdir, "--workdir").kind
+    except config_lib.ConfigError:
+        return  # no complete checkpoint with a config: nothing here is a run of another kind
+    if kind == "finetuning":
+        return
+    what = ("a pre-training run" if kind == "pretraining" else
+            "an import (python -m bertjax.convert)")
+    if eval_only:
+        raise config_lib.ConfigError(
+            f"--workdir={workdir} is {what}, not a fine-tuning; --eval_only evaluates a "
+            f"fine-tuned workdir: fine-tune from this one first (--config.init_from={workdir} "
+            "--workdir=NEW), then run --eval_only --workdir=NEW")
+    raise config_lib.ConfigError(
+        f"--workdir={workdir} is {what}, not a fine-tuning; a fine-tuning would write its "
+        f"checkpoints there{' (--overwrite would delete its own)' if overwrite else ''}: start "
+        f"from it with --config.init_from={workdir} and give another --workdir")
 
 
 def setting_difference(saved: dict, config: Any) -> str | None:

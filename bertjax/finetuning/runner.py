@@ -5,7 +5,8 @@ targets (``Split``), its loss as (sum, count) statistics, how the outputs of a w
 scored and how they are written. Everything else is here, in phases (``run``):
 
   1. settle   workdir, files, tokenizer, mesh; every split is read and featurised by the family
-              before anything is compiled or written, so a bad row stops the run with one line;
+              before anything is compiled or written, so a bad row (or a split without any)
+              stops the run with one line;
               the final config (encoder sizes, tokenizer, steps, the family's recorded settings)
               is settled here, locked, and never changed afterwards (``Plan``);
   2. build    the family's model born sharded and its steps jitted by the kit (bertjax.train),
@@ -50,6 +51,7 @@ import numpy as np
 
 from bertjax import checkpoint as ckpt_lib
 from bertjax import config as config_lib
+from bertjax import lock
 from bertjax import model as model_lib
 from bertjax import multihost
 from bertjax import optim
@@ -57,6 +59,7 @@ from bertjax import report
 from bertjax import rundir
 from bertjax import sharding
 from bertjax import train
+from bertjax.data.errors import DataError
 from bertjax.finetuning import encoder
 from bertjax.finetuning import features
 from bertjax.finetuning import packing
@@ -184,6 +187,7 @@ def settle(config: Any, workdir: str, family: Family, eval_only: bool = False,
     """Phase 1: checks the workdir, settings, tokenizer and mesh, reads and featurises every
     split, and settles the final config; raises ConfigError / DataError with one line.
     ``config`` itself is not changed."""
+    run_settings.check_workdir(workdir, eval_only, overwrite)
     saved = rundir.saved_config(workdir)
     if eval_only:
         if saved is None:
@@ -222,6 +226,10 @@ def settle(config: Any, workdir: str, family: Family, eval_only: bool = False,
     evalsets = {name: family.read(config, tok, paths[name], True)
                 for name in ("dev", "dev_mismatched") if name in paths}
     testset = family.read(config, tok, paths["test"], False) if "test" in paths else None
+    for name, split in (("train", trainset), *evalsets.items(), ("test", testset)):
+        if split is not None and split.rows == 0:  # e.g. a CSV holding its header only
+            raise DataError(f"{paths[name]}: holds no examples (a header or blank lines only); "
+                            f"the {name} set needs at least one row")
     if trainset is not None and trainset.rows < config.global_batch_size:
         raise config_lib.ConfigError(
             f"{paths['train']} has {trainset.rows} training rows, fewer than "
@@ -232,12 +240,7 @@ def settle(config: Any, workdir: str, family: Family, eval_only: bool = False,
     final.total_steps = total_steps
     final.optim.warmup_steps = warmup
     recorded = getattr(family, "recorded_settings", dict)()
-    for key, value in recorded.items():  # e.g. the label list read from the training file
-        *parents, leaf = key.split(".")
-        node = final
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
+    final.update_from_flattened_dict(recorded)  # e.g. the label list read from training
     final.lock()
     resume = latest_saved is not None and not finished
     if resume and (diff := setting_difference(latest_saved, final)):
@@ -299,7 +302,7 @@ class Evaluator:
     def outputs(self, params: Any, name: str, split: Split) -> tuple[Any, dict]:
         """(per-row outputs in the split's row order, summed loss statistics)."""
         plan, config = self.plan, self.plan.config
-        arrays = _pad_keys(split.arrays, self.targets_like)
+        arrays = pad_targets(split.arrays, self.targets_like)
         if plan.slots == 1:
             return predict(self.eval_fn, params, arrays, config.eval_batch_size, self.eval_sh)
         if name not in self._packed:
@@ -423,11 +426,16 @@ def _step_rows(plan: Plan, step: int) -> tuple[dict, int]:
 
 
 def train_loop(plan: Plan, built: Built, writer: report.MetricsWriter,
-               say: Callable[[str], Any]) -> dict[str, float]:
+               say: Callable[[str], Any],
+               stops: multihost.StopRequests | None = None) -> dict[str, float]:
     """Phase 3: trains from ``built.start`` to the last step, evaluating dev on its cadence
     and keeping the checkpoint of the best headline metric (``built.state`` and ``built.best``
-    follow). Returns the training speed: from the end of the first step (compiled by then) to
-    the end of the last, without the time evaluations and checkpoints take."""
+    follow). Returns the training speed (``training_speed``: none when too little training
+    time was measured): from the end of the first step (compiled by then) to the end of the
+    last, without the time evaluations and checkpoints take.
+
+    A stop request (SIGTERM, a first Ctrl-C, a preemption another host was told of) saves the
+    resumable state of the step just done and raises multihost.Stopped."""
     config, chief = plan.config, multihost.is_chief()
     family, dev, total = plan.family, plan.evalsets["dev"], config.total_steps
     head = family.metric_names[0]
@@ -443,7 +451,9 @@ def train_loop(plan: Plan, built: Built, writer: report.MetricsWriter,
         if pending is not None:  # step t is queued; reading t-1 does not stall the device
             values = {k: float(v) for k, v in jax.device_get(pending[1]).items()}
             if clock["t0"] is None:  # step pending[0] is done; this one is counted
-                clock.update(t0=time.perf_counter(), step0=pending[0], examples=taken)
+                # (the evaluations before it are not inside the timed span: paused restarts)
+                clock.update(t0=time.perf_counter(), step0=pending[0], examples=taken,
+                             paused=0.0)
             train.check_bad_streak(
                 values["bad_streak"], config.max_nonfinite_steps, pending[0],
                 "no checkpoint was kept before them" if built.best["step"] is None else
@@ -470,19 +480,46 @@ def train_loop(plan: Plan, built: Built, writer: report.MetricsWriter,
                 if chief:
                     family.write_predictions(pred_dir, "dev", outputs, dev)
                     _json(os.path.join(plan.workdir, "best.json"), built.best)
-        if done % max(config.checkpoint_every, 1) == 0 and done < total:
+        stop = done < total and (
+            (stops is not None and stops.requested) or built.latest.reached_preemption(done))
+        if stop or (done % max(config.checkpoint_every, 1) == 0 and done < total):
             built.latest.save(done, state, config, force=True)
+        if stop:
+            built.ckpt.close()
+            built.latest.close()
+            writer.flush()
+            name = (stops.signal if stops is not None else None) or "SIGTERM"
+            raise multihost.Stopped(
+                f"stopped by {name}: saved step {done} in {plan.workdir}; run the same command "
+                "to resume from it", 130 if name == "SIGINT" else 0)
         clock["paused"] += time.perf_counter() - paused
     built.ckpt.wait()
     built.state = state
     if clock["t0"] is None or total <= clock["step0"]:
         return {}
-    seconds = max(time.perf_counter() - clock["t0"] - clock["paused"], 1e-9)
-    speed = {"train_steps_per_second": (total - clock["step0"]) / seconds,
-             "train_examples_per_second": clock["examples"] / seconds}
-    say(f"training: {speed['train_steps_per_second']:.2f} steps/s, "
-        f"{speed['train_examples_per_second']:.1f} examples/s")
+    steps, seconds = total - clock["step0"], time.perf_counter() - clock["t0"] - clock["paused"]
+    speed = training_speed(steps, clock["examples"], seconds)
+    if speed:
+        say(f"training: {speed['train_steps_per_second']:.2f} steps/s, "
+            f"{speed['train_examples_per_second']:.1f} examples/s")
+    else:
+        say(f"training: no speed reported ({steps} timed steps took {max(seconds, 0.0):.3f} s "
+            "besides evaluation, too short to measure)")
     return speed
+
+
+MIN_TIMED_SECONDS = 0.05  # less measured training time gives no speed (noise, not a rate)
+
+
+def training_speed(steps: int, examples: int, seconds: float) -> dict[str, float]:
+    """{"train_steps_per_second", "train_examples_per_second"} of ``steps`` steps holding
+    ``examples`` examples in ``seconds`` of training time, or {} when that time is under
+    MIN_TIMED_SECONDS (e.g. a run that evaluates after every step spends almost all of its
+    time evaluating): a rate over next to no time is noise, not a speed."""
+    if steps < 1 or not seconds >= MIN_TIMED_SECONDS:
+        return {}
+    return {"train_steps_per_second": steps / seconds,
+            "train_examples_per_second": examples / seconds}
 
 
 # ------------------------------------------------------------------------------ 4. report
@@ -536,7 +573,7 @@ def _json(path: str, value: Any) -> None:
     os.replace(path + ".tmp", path)
 
 
-def _pad_keys(arrays: dict[str, np.ndarray], like: dict[str, np.ndarray]) -> dict:
+def pad_targets(arrays: dict[str, np.ndarray], like: dict[str, np.ndarray]) -> dict:
     """An unlabelled split may lack targets the eval step reads: zeros stand in for them."""
     n = len(arrays["input_ids"])
     return {**{k: np.zeros((n,) + v.shape[1:], v.dtype) for k, v in like.items()
@@ -567,8 +604,10 @@ def run(config: Any, workdir: str, family: Family, eval_only: bool = False,
     say = (lambda s: print(f"[{tag}] {s}" if tag else s, flush=True)) if chief else (lambda s: 0)
     plan = settle(config, workdir, family, eval_only, overwrite)
     describe(plan, say)
-    built = build(plan, say)
-    writer = report.MetricsWriter(workdir, enabled=chief and not eval_only,
-                                  tensorboard=bool(plan.config.get("tensorboard", True)))
-    speed = {} if eval_only else train_loop(plan, built, writer, say)
-    return report_run(plan, built, speed, writer, say, time.perf_counter() - t_start)
+    # From here on the workdir is written: one process at a time.
+    with lock.hold(workdir, chief=chief), multihost.StopRequests() as stops:
+        built = build(plan, say)
+        writer = report.MetricsWriter(workdir, enabled=chief and not eval_only,
+                                      tensorboard=bool(plan.config.get("tensorboard", True)))
+        speed = {} if eval_only else train_loop(plan, built, writer, say, stops)
+        return report_run(plan, built, speed, writer, say, time.perf_counter() - t_start)

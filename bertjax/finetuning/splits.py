@@ -2,8 +2,9 @@
 
   * ``Split``: a family's featurised rows (inputs + targets) and what it needs to score them;
   * ``sources``: split role (train, dev, dev_mismatched, test) -> a file, or "tfds:NAME:SPLIT"
-    when ``config.data.tfds`` names a prepared TFDS dataset; ``examples`` reads either into the
-    reader dicts of bertjax.data.tasks (TFDS only there, lazily; nothing is downloaded);
+    when ``config.data.tfds`` names a prepared TFDS dataset (``train_source``: the training
+    one, unchecked); ``examples`` reads either into the reader dicts of bertjax.data.tasks
+    (TFDS only there, lazily; nothing is downloaded);
   * ``host_rows`` / ``eval_batches`` / ``predict``: each host's contiguous block of a global
     batch, and evaluation padded to whole global batches with ``example_mask`` 0 rows, so every
     host runs the same steps and each row is counted once.
@@ -104,6 +105,16 @@ def sources(config: Any, eval_only: bool) -> dict[str, str]:
     if eval_only:
         out.pop("train", None)
     return out
+
+
+def train_source(config: Any) -> str:
+    """The training split's path as ``sources`` names it ("tfds:NAME:SPLIT" or the file), ""
+    when there is none; unchecked. A family tells the training file from the others by it."""
+    d = config.data
+    if d.get("tfds", ""):
+        split = tfds_splits(config).get("train", "")
+        return f"{TFDS_PREFIX}{d.tfds}:{split}" if split else ""
+    return d.train
 
 
 def examples(config: Any, path: str, read_file: Callable[[str], list]) -> list:

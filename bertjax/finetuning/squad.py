@@ -172,7 +172,9 @@ def best_thresholds(dataset: Mapping[str, Any] | Sequence[Mapping[str, Any]],
     below the cut are answered with their best span, those above get "". Starting from "all
     unanswered" (each no-answer question scores 1), moving a question across the cut changes the
     total by (its answered score − its null score). Questions with equal odds cross together,
-    since no threshold separates them. The lowest best threshold is kept.
+    since no threshold separates them. The lowest best threshold is kept. A question without a
+    prediction scores 0 at every threshold and counts in the total, as in `evaluate`, so the
+    best score is what `evaluate` gives at the best threshold.
 
     Args:
       dataset: the parsed dataset JSON or its "data" list.
@@ -187,9 +189,9 @@ def best_thresholds(dataset: Mapping[str, Any] | Sequence[Mapping[str, Any]],
     total = 0
     for qid, golds, has_answer in _questions(dataset):
         total += 1
-        null_score = 0.0 if has_answer else 1.0
-        base += null_score
-        if qid in predictions:
+        if qid in predictions:  # a question without a prediction scores 0, as in `evaluate`
+            null_score = 0.0 if has_answer else 1.0
+            base += null_score
             em, f1 = score_prediction(predictions[qid], golds)
             items.append((float(null_odds[qid]), em - null_score, f1 - null_score))
     items.sort(key=lambda x: x[0])

@@ -11,7 +11,10 @@
              ``--eval_only`` reads the same ids. A dev tag outside the list is an error;
   * schemes  ``config.data.scheme``: IOB2 (BIO, the default), IOBES, or IOB1 (CoNLL-2003's
              original files), which is rewritten as IOB2 when read: the entities are the same
-             and every entity then starts with B-, so the model learns one start tag;
+             and every entity then starts with B-, so the model learns one start tag. Labelled
+             files are checked against the scheme (``check_tags``): the prefixes, and for IOB2
+             and IOBES the order (an I- opening an entity in an "IOB2" file is IOB1's mark,
+             and the error says so);
   * metrics  entity-level micro precision/recall/F1 with conlleval / seqeval (default mode)
              semantics (ner.entity_scores; headline "f1"), per-type scores, word accuracy,
              and strict_f1 / strict_precision / strict_recall (seqeval's strict mode);
@@ -87,7 +90,10 @@ class TokenTagger(nn.Module):
 
 
 def check_tags(sentences: Sequence[dict], scheme: str, path: str) -> None:
-    """Every tag is "O" or PREFIX-TYPE with a prefix of ``scheme``; else one DataError line."""
+    """Every tag is "O" or PREFIX-TYPE with a prefix of ``scheme``, and the tags of a sentence
+    follow the scheme's order: in IOB2 an I-X continues a B-X or I-X; in IOBES a B-X or I-X
+    goes on with I-X or E-X, and I-X and E-X continue one (IOB1, whose entities may start with
+    I-, has no order to check). Else one DataError line naming the file and line."""
     prefixes = SCHEMES[scheme]
     for s in sentences:
         for i, tag in enumerate(s["tags"]):
@@ -97,6 +103,32 @@ def check_tags(sentences: Sequence[dict], scheme: str, path: str) -> None:
             raise DataError(f"{_where(path, s, i)}: tag {tag!r} of word {s['words'][i]!r} is "
                             f"not O or {'/'.join(p + '-TYPE' for p in prefixes)} as scheme "
                             f"{scheme} allows; fix the line or set --config.data.scheme")
+        if scheme != "IOB1":
+            _check_order(s, scheme, path)
+
+
+def _check_order(sentence: dict, scheme: str, path: str) -> None:
+    """The tags of one sentence (prefixes already checked) in the order ``scheme`` needs."""
+    tags = sentence["tags"]
+    for i, tag in enumerate(tags):
+        prefix, _, etype = tag.partition("-")
+        before = tags[i - 1] if i else "O"
+        after = tags[i + 1] if i + 1 < len(tags) else "O"
+        continues = before in (f"B-{etype}", f"I-{etype}")
+        if prefix in ("I", "E") and not continues:
+            place = f"follows {before!r}" if i else "starts its sentence"
+            fix = ("; entities here start with I- as in IOB1 (original CoNLL-2003): pass "
+                   "--config.data.scheme=IOB1, which reads them" if scheme != "IOBES" and
+                   prefix == "I" else "; fix the tags")
+            raise DataError(f"{_where(path, sentence, i)}: tag {tag!r} of word "
+                            f"{sentence['words'][i]!r} {place}, but in {scheme} an "
+                            f"{prefix}-{etype} continues a B-{etype} or I-{etype}{fix}")
+        if scheme == "IOBES" and prefix in ("B", "I") and after not in (f"I-{etype}",
+                                                                         f"E-{etype}"):
+            raise DataError(f"{_where(path, sentence, i)}: tag {tag!r} of word "
+                            f"{sentence['words'][i]!r} is followed by {after!r}, but in IOBES "
+                            f"an entity that does not end here goes on with I-{etype} or "
+                            f"E-{etype} (one word alone is S-{etype}); fix the tags")
 
 
 def _where(path: str, sentence: dict, word: int) -> str:
@@ -203,6 +235,11 @@ class TaggingFamily:
             raise config_lib.ConfigError(f"config.data.scheme={d.scheme!r}; expected one of "
                                          f"{sorted(SCHEMES)}")
         self.labels = tuple(x.strip() for x in d.labels.split(",") if x.strip())
+        twice = sorted({x for x in self.labels if self.labels.count(x) > 1})
+        if twice:
+            raise config_lib.ConfigError(
+                f"config.data.labels={d.labels!r} lists {', '.join(map(repr, twice))} more than "
+                "once; list every tag once, comma-separated (e.g. O,B-LOC,I-LOC)")
         if self.labels and "O" not in self.labels:
             raise config_lib.ConfigError(f"config.data.labels={d.labels!r} has no 'O'; list "
                                          "every tag, comma-separated (e.g. O,B-LOC,I-LOC)")

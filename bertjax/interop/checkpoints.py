@@ -7,10 +7,22 @@ takes its parameters::
   WORKDIR/model_config.json              the bertjax BertConfig, the HF config, the import report
   WORKDIR/vocab.txt, tokenizer_config.json, special_tokens_map.json   (when the source has them)
 
+Export (``export``) writes an HF directory (one reader per run kind: ``EXPORTS``): a
+pre-training run or an import as BertForPreTraining; a fine-tuning with its task head, as its
+family's transformers class (``TASK_HEADS``): BertForSequenceClassification (labels and
+problem_type in config.json; a mean-pooling classifier as bertjax's own class in
+modeling_bertjax.py, loaded with ``trust_remote_code=True``), BertForTokenClassification (the
+tags), BertForQuestionAnswering. The tokenizer comes along: WordPiece as vocab.txt, bertjax's
+sentencepiece as tokenizer.json (bertjax/interop/hf_tokenizer.py), both for AutoTokenizer. It
+reads the newest complete step that can be read: stray step directories and unreadable steps
+are passed over and listed.
+
 Nothing is half-written: every output is assembled in a hidden sibling directory and renamed
 into place at the end; on any error the sibling is removed and the output path never appears.
+An existing, non-empty output is refused before anything is read.
 
-Tensor-level mapping lives in bertjax/interop/mapping.py; this module only reads and writes directories.
+Tensor-level mapping lives in bertjax/interop/mapping.py; this module only reads and writes
+directories.
 """
 
 from __future__ import annotations
@@ -21,17 +33,23 @@ import logging
 import os
 import shutil
 import tempfile
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import numpy as np
+from etils import epath
 from flax import traverse_util
 
+from bertjax import config as config_lib
 from bertjax import model as model_lib
 from bertjax import rundir
+from bertjax.data import glue
 from bertjax.data import wordpiece
-from bertjax.interop import mapping as convert
-from bertjax.interop import tf1 as convert_tf
+from bertjax.data.errors import DataError
+from bertjax.finetuning import families
+from bertjax.interop import hf_tokenizer
+from bertjax.interop import mapping
+from bertjax.interop import tf1
 
 MODEL_CONFIG = rundir.MODEL_CONFIG
 
@@ -46,17 +64,23 @@ class ImportSummary:
 
     workdir: str
     cfg: model_lib.BertConfig
-    report: convert.ConversionReport
+    report: mapping.ConversionReport
     ignored: list[str]
     do_lower_case: bool | None
+
+
+def check_output(output: str) -> None:
+    """Refuses an ``--output`` that exists and is not an empty directory (one line)."""
+    output = os.path.abspath(output)
+    if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)):
+        raise ConvertError(f"--output={output} already exists and is not empty; choose a new "
+                           "directory (nothing is overwritten)")
 
 
 def _atomic_dir(output: str, fill: Callable[[str], None]) -> None:
     """Runs ``fill(tmp)`` on a fresh sibling of ``output`` and renames it to ``output``."""
     output = os.path.abspath(output)
-    if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)):
-        raise ConvertError(f"--output={output} already exists and is not empty; choose a new "
-                           "directory (nothing is overwritten)")
+    check_output(output)
     parent = os.path.dirname(output)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.tmp-", dir=parent)
@@ -79,12 +103,12 @@ def _read_source(kind: str, directory: str) -> tuple[dict, dict[str, np.ndarray]
         raise ConvertError(f"--input={directory} is not a directory")
     try:
         if kind == "hf":
-            config, tensors = convert.load_hf_checkpoint(directory)
+            config, tensors = mapping.load_hf_checkpoint(directory)
         elif kind == "tf":
-            config, tensors = convert_tf.load_tf_checkpoint(directory)
+            config, tensors = tf1.load_tf_checkpoint(directory)
         else:
             raise ConvertError(f"--from={kind!r}; expected 'hf' or 'tf'")
-    except (FileNotFoundError, json.JSONDecodeError) as e:
+    except (FileNotFoundError, ValueError) as e:  # ValueError: unreadable weights, bad JSON
         raise ConvertError(str(e).splitlines()[0]) from None
     return config, tensors, kind
 
@@ -226,20 +250,21 @@ def import_checkpoint(kind: str, input_dir: str, workdir: str,
     Raises:
       ConvertError: one line naming the bad input; nothing is left at ``workdir``.
     """
+    check_output(workdir)
     config = _read_config(kind, input_dir)  # checked before any (big) weights are read
     if config.get("model_type", "bert") != "bert":
         raise ConvertError(f"{input_dir}: model_type={config['model_type']!r}; only BERT "
                            "checkpoints (model_type 'bert') can be imported")
     try:
-        cfg = convert.hf_config_to_bert(config)
+        cfg = mapping.hf_config_to_bert(config)
     except (ValueError, TypeError) as e:
         raise ConvertError(f"{input_dir}: {e}") from None
     _, tensors, _ = _read_source(kind, input_dir)
     ignored: list[str] = []
     try:
         if kind == "tf":
-            tensors, ignored = convert_tf.tf_to_hf_tensors(tensors, cfg)
-        params, report = convert.params_from_hf(tensors, cfg, init_params=_init_params(cfg))
+            tensors, ignored = tf1.tf_to_hf_tensors(tensors, cfg)
+        params, report = mapping.params_from_hf(tensors, cfg, init_params=_init_params(cfg))
     except ValueError as e:
         raise ConvertError(str(e)) from None
     settings = _casing(input_dir, do_lower_case)
@@ -255,7 +280,7 @@ def import_checkpoint(kind: str, input_dir: str, workdir: str,
     def fill(tmp: str) -> None:
         save_workdir_state(tmp, params, cfg)
         with open(os.path.join(tmp, MODEL_CONFIG), "w") as f:
-            json.dump({"bertjax": dataclasses.asdict(cfg), "hf": convert.bert_to_hf_config(cfg),
+            json.dump({"bertjax": dataclasses.asdict(cfg), "hf": mapping.bert_to_hf_config(cfg),
                        "source": {"format": kind, "path": os.path.abspath(input_dir)},
                        "import": {"unused": report.unused, "buffers": report.buffers,
                                   "ignored": ignored, "initialised": report.missing}},
@@ -270,21 +295,15 @@ def import_checkpoint(kind: str, input_dir: str, workdir: str,
                          settings.get("do_lower_case"))
 
 
-def load_workdir_params(workdir: str) -> tuple[Any, model_lib.BertConfig, int]:
-    """(params as numpy, model config, step) of a workdir's newest complete checkpoint (or of
-    the step directory given); a scan_layers run's encoder comes back per layer (and its config
-    says so).
-
-    Raises:
-      ConfigError: ``workdir`` is not a bertjax run directory (bertjax.rundir, one line).
-    """
+def _read_pretraining(run: rundir.Run) -> tuple[Any, model_lib.BertConfig]:
+    """(params as numpy, model config) of a pre-training run's or an import's step; a
+    scan_layers run's encoder comes back per layer (and its config says so)."""
     import orbax.checkpoint as ocp
 
-    run = rundir.resolve(workdir, "--input")
     cfg = run.model_config()
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=device)
-                for k, v in convert.expected_params(cfg).items()}
+                for k, v in mapping.expected_params(cfg).items()}
     target = {"params": traverse_util.unflatten_dict(abstract)}
     restored = ocp.PyTreeCheckpointer().restore(
         f"{run.step_dir}/state",
@@ -294,25 +313,347 @@ def load_workdir_params(workdir: str) -> tuple[Any, model_lib.BertConfig, int]:
     if cfg.scan_layers:  # exports and imports name layers one by one
         params["bert"] = jax.tree.map(np.asarray, model_lib.unstack_layers(params["bert"]))
         cfg = dataclasses.replace(cfg, scan_layers=False)
+    return params, cfg
+
+
+def load_workdir_params(workdir: str) -> tuple[Any, model_lib.BertConfig, int]:
+    """(params as numpy, model config, step) of a workdir's newest complete checkpoint (or of
+    the step directory given); a scan_layers run's encoder comes back per layer (and its config
+    says so).
+
+    Raises:
+      ConfigError: ``workdir`` is not a bertjax run directory (bertjax.rundir, one line).
+    """
+    run = rundir.resolve(workdir, "--input")
+    params, cfg = _read_pretraining(run)
     return params, cfg, run.step
 
 
-def export_hf(workdir: str, output: str) -> tuple[model_lib.BertConfig, int, bool]:
-    """Writes an HF BertForPreTraining directory from a workdir's latest checkpoint.
+# ------------------------------------------------------------------------------------ export
 
-    Returns:
-      (model config, step exported, whether tokenizer files were written).
+
+@dataclasses.dataclass
+class Exported:
+    """One run kind's model, read and ready to write as an HF directory.
+
+    Attributes:
+      cfg: the model config (per layer).
+      architecture: the transformers class the weights are for.
+      tensors: {HF name: numpy array}.
+      left_out: what of the run the directory does not hold (one sentence), or None.
+      hf_config: config.json entries beyond the encoder's sizes (labels, problem_type, auto_map).
+      files: {name in the directory: file to copy there} (remote modeling code).
+      load: how to load the directory in transformers (one sentence), or None.
     """
-    params, cfg, step = load_workdir_params(workdir)
-    vocab = os.path.join(workdir, "vocab.txt")
-    settings = wordpiece.read_tokenizer_config(workdir)
+
+    cfg: model_lib.BertConfig
+    architecture: str
+    tensors: dict[str, np.ndarray]
+    left_out: str | None = None
+    hf_config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    files: dict[str, str] = dataclasses.field(default_factory=dict)
+    load: str | None = None
+
+
+@dataclasses.dataclass
+class ExportSummary:
+    """What an export did (printed by the CLI).
+
+    Attributes:
+      output: the HF directory written (absolute).
+      kind: the run kind exported ("pretraining", "finetuning", "import").
+      step: the checkpoint step exported.
+      exported: the model written.
+      tokenizer: None when tokenizer files were written, else why there are none.
+      skipped: the step directories passed over, each with why (newest first).
+    """
+
+    output: str
+    kind: str
+    step: int
+    exported: Exported
+    tokenizer: str | None
+    skipped: list[str]
+
+
+def _pretraining_export(run: rundir.Run) -> Exported:
+    """A pre-training run or an import: the whole BertForPreTraining (MLM and NSP heads)."""
+    params, cfg = _read_pretraining(run)
+    return Exported(cfg, "BertForPreTraining", mapping.params_to_hf(params, cfg),
+                    load="BertForPreTraining.from_pretrained(DIR), or AutoModelForMaskedLM / "
+                    "pipeline('fill-mask', model=DIR) for the MLM head")
+
+
+def _classify_labels(saved: dict) -> tuple[str, ...] | None:
+    """The class names of a classification run in class-id order, None for regression, read
+    as the fine-tuning reads them (bertjax.finetuning.classify.resolve_task)."""
+    import ml_collections
+
+    from bertjax.finetuning import classify
+
+    task = classify.resolve_task(ml_collections.ConfigDict(saved))
+    return task.labels
+
+
+def _labels_config(labels: tuple[str, ...]) -> dict[str, Any]:
+    return {"id2label": {str(i): name for i, name in enumerate(labels)},
+            "label2id": {name: i for i, name in enumerate(labels)}}
+
+
+class TaskHead(NamedTuple):
+    """What a fine-tuned family's model exports as.
+
+    Attributes:
+      architecture: the transformers class (a key of mapping.TASK_CLASSES).
+      num_outputs: the head's width the run's config implies (checked against the checkpoint).
+      hf_config: config.json entries (labels, problem_type, classifier_dropout, auto_map).
+      files: {name in the directory: file to copy there}.
+      load: how to load it in transformers (one sentence, printed).
+    """
+
+    architecture: str
+    num_outputs: int
+    hf_config: dict[str, Any]
+    files: dict[str, str]
+    load: str
+
+
+MODELING_FILE = "modeling_bertjax.py"  # the mean-pooling classifier's code (hf_modeling.py)
+_MODELING_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hf_modeling.py")
+
+
+def _classify_head(saved: dict) -> TaskHead:
+    """A classifier or regressor: BERT's [CLS] pooler as transformers' own class; mean
+    pooling (bertjax's default) as bertjax's class in modeling_bertjax.py, under a model type
+    of its own so that nothing loads it without trust_remote_code=True."""
+    labels = _classify_labels(saved)
+    extra: dict[str, Any] = {"classifier_dropout": saved.get("head_dropout"), "problem_type":
+                             "regression" if labels is None else "single_label_classification"}
+    extra.update(_labels_config(("score",) if labels is None else labels))
+    pooling = saved.get("pooling", "cls")
+    if pooling == "cls":
+        return TaskHead("BertForSequenceClassification", len(extra["id2label"]), extra, {},
+                        "pooling cls (BERT's pooler on [CLS]): transformers' own class, "
+                        "AutoModelForSequenceClassification.from_pretrained(DIR) or "
+                        "pipeline('text-classification', model=DIR)")
+    if pooling != "mean":
+        raise ConvertError(f"the fine-tuning's pooling={pooling!r}; expected 'cls' or 'mean'")
+    module = MODELING_FILE.removesuffix(".py")
+    extra.update(model_type="bertjax_mean_pooling", pooling="mean", auto_map={
+        "AutoConfig": f"{module}.BertjaxMeanPoolingConfig",
+        "AutoModelForSequenceClassification": f"{module}.{mapping.MEAN_POOLING_CLASS}"})
+    return TaskHead(mapping.MEAN_POOLING_CLASS, len(extra["id2label"]), extra,
+                    {MODELING_FILE: _MODELING_SOURCE},
+                    f"pooling mean: bertjax's own class in {MODELING_FILE}, which needs "
+                    "trust_remote_code=True: AutoModelForSequenceClassification.from_pretrained("
+                    "DIR, trust_remote_code=True) or pipeline('text-classification', model=DIR, "
+                    "trust_remote_code=True)")
+
+
+def _tagging_head(saved: dict) -> TaskHead:
+    labels = tuple(x.strip() for x in str(saved.get("data", {}).get("labels") or "").split(",")
+                   if x.strip())  # the tags the run recorded, in id order (tagging.py)
+    extra = {"classifier_dropout": saved.get("head_dropout"), **_labels_config(labels)}
+    return TaskHead("BertForTokenClassification", len(labels), extra, {},
+                    "AutoModelForTokenClassification.from_pretrained(DIR) or "
+                    "pipeline('token-classification', model=DIR)")
+
+
+def _qa_head(saved: dict) -> TaskHead:
+    del saved
+    return TaskHead("BertForQuestionAnswering", 2, {}, {},
+                    "AutoModelForQuestionAnswering.from_pretrained(DIR) or "
+                    "pipeline('question-answering', model=DIR)")
+
+
+# Task family (bertjax.finetuning.families) -> what its fine-tuned model exports as.
+TASK_HEADS: dict[str, Callable[[dict], TaskHead]] = {
+    "classify": _classify_head,
+    "ner": _tagging_head,
+    "qa": _qa_head,
+}
+
+
+def _read_finetuned(run: rundir.Run, cfg: model_lib.BertConfig,
+                    head: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the fine-tuned parameters as numpy: the encoder per layer and ``head``; the tree of
+    what the checkpoint holds)."""
+    from bertjax import params_io  # orbax
+    from bertjax import sharding
+
+    state_dir = f"{run.step_dir}/state"
+    saved = params_io.saved_params(state_dir)
+    abstract = {"bert": traverse_util.unflatten_dict({path[1:]: shape for path, shape in
+                                                      mapping.expected_params(cfg).items()
+                                                      if path[0] == "bert"})}
+    if head is not None:
+        if head not in saved:
+            raise ConvertError(f"{run.step_dir}: the fine-tuned checkpoint has no {head!r} "
+                               f"parameters (it holds {', '.join(sorted(saved))})")
+        abstract[head] = {k: jax.ShapeDtypeStruct(tuple(v.shape), np.dtype(v.dtype))
+                          for k, v in saved[head].items()}
+    repl = sharding.replicated(sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1]))
+    restored = params_io.restore(state_dir, abstract, jax.tree.map(lambda _: repl, abstract),
+                                 run.step_dir)
+    return jax.tree.map(np.asarray, restored), saved
+
+
+def _finetuning_export(run: rundir.Run) -> Exported:
+    """A fine-tuning: its encoder and task head as the family's transformers class
+    (``TASK_HEADS``); a family with none there exports its encoder as an HF BertModel, the
+    head left out and said so."""
+    cfg = dataclasses.replace(run.model_config(), scan_layers=False)  # HF names each layer
+    family = families.family_name(run.saved)
+    if family not in TASK_HEADS:
+        params, saved = _read_finetuned(run, cfg, None)
+        heads = sorted(k for k in saved if k != "bert")
+        left_out = (f"the task head of this fine-tuning (family {family}: "
+                    f"{', '.join(heads) or 'none'}) has no transformers class to export to: the "
+                    "directory holds its encoder, for transformers.BertModel")
+        return Exported(cfg, "BertModel", mapping.encoder_to_hf(params["bert"], cfg), left_out,
+                        load="BertModel.from_pretrained(DIR) (the encoder alone)")
+    task = TASK_HEADS[family](run.saved)
+    head = mapping.TASK_CLASSES[task.architecture][0]
+    params, _ = _read_finetuned(run, cfg, head)
+    width = params[head]["kernel"].shape[-1]
+    if width != task.num_outputs:
+        raise ConvertError(f"{run.step_dir}: the {head} head has {width} outputs but the run's "
+                           f"config names {task.num_outputs} (family {family}, task "
+                           f"{run.saved.get('task')!r})")
+    try:
+        tensors = mapping.task_to_hf(params, cfg, task.architecture)
+    except ValueError as e:
+        raise ConvertError(f"{run.step_dir}: {e}") from None
+    return Exported(cfg, task.architecture, tensors, hf_config=task.hf_config, files=task.files,
+                    load=task.load)
+
+
+# One reader per run kind (rundir.Run.kind): what its checkpoint exports as.
+EXPORTS: dict[str, Callable[[rundir.Run], Exported]] = {
+    "pretraining": _pretraining_export,
+    "import": _pretraining_export,
+    "finetuning": _finetuning_export,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Tokenizer:
+    """The tokenizer an export writes: kind "wordpiece" (vocab.txt + casing settings) or
+    "sentencepiece" (a .model file, written as tokenizer.json)."""
+
+    kind: str
+    path: str
+    settings: dict[str, Any]
+
+
+def _tokenizer_of(run: rundir.Run) -> tuple[_Tokenizer | None, str | None]:
+    """(the run's tokenizer, or None and why there is none)."""
+    if run.kind == "import":
+        found = ("wordpiece", run.root) if os.path.exists(
+            os.path.join(run.root, rundir.VOCAB)) else None
+    else:
+        found = run.tokenizer()
+    if found is None:
+        return None, (f"the import {run.root} has no vocab.txt" if run.kind == "import" else
+                      "the run's tokenizer cannot be found")
+    kind, where = found
+    if kind != "wordpiece":
+        if not os.path.isfile(where):
+            return None, f"the run's sentencepiece model {where} does not exist"
+        return _Tokenizer("sentencepiece", where, {}), None
+    vocab = os.path.join(where, rundir.VOCAB)
+    if not os.path.exists(vocab):
+        return None, f"the run's WordPiece vocabulary {vocab} does not exist"
+    settings = wordpiece.read_tokenizer_config(where)
+    casing = str(run.saved.get("do_lower_case", "")).lower()  # a fine-tuning's own choice
+    if casing in ("true", "false"):
+        settings["do_lower_case"] = casing == "true"
+    return _Tokenizer("wordpiece", vocab, settings), None
+
+
+def _candidates(path: str) -> tuple[list[str], list[str]]:
+    """(the complete step directories to try, newest first; the stray ones passed over)."""
+    p = epath.Path(path)
+    if rundir.is_step_dir(p):
+        return [str(p)], []
+    for root in (p / rundir.CHECKPOINTS, p):
+        found = rundir.steps(root)
+        if found:
+            strays = [f"{c.name} (not a complete checkpoint)" for c in rundir.stray_steps(root)]
+            return [str(root / str(step)) for step in reversed(found)], strays
+    return [], []
+
+
+def _error_line(e: BaseException) -> str:
+    """``Type: reason`` in one short line (a one-line error's hint is left out)."""
+    text = str(e).strip()
+    if isinstance(e, (ConvertError, config_lib.ConfigError)):
+        text = text.split("; ")[0]
+    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
+
+
+def export(path: str, output: str) -> ExportSummary:
+    """Writes an HF directory from a workdir's newest readable checkpoint (or the step given).
+
+    What is written depends on the run kind (``EXPORTS``): a pre-training run or an import as
+    BertForPreTraining, a fine-tuning as its task family's class with the head (``TASK_HEADS``).
+    Stray step directories and steps that cannot be read are passed over
+    (``ExportSummary.skipped``); the tokenizer files come along (WordPiece or sentencepiece).
+
+    Raises:
+      ConfigError: ``path`` is no bertjax run directory (bertjax.rundir, one line).
+      ConvertError: ``output`` exists, or no step of ``path`` can be read (one line).
+    """
+    check_output(output)
+    candidates, skipped = _candidates(path)
+    if not candidates:
+        rundir.resolve(path, "--input")  # its one line: missing, not a directory, no checkpoint
+    from bertjax import checkpoint as ckpt_lib  # orbax
+
+    ckpt_lib.quiet_failed_restore()
+    failed: list[str] = []
+    for step_dir in candidates:
+        try:
+            run = rundir.resolve(step_dir, "--input")
+            exported = EXPORTS[run.kind](run)
+            break
+        except Exception as e:  # a damaged step: try the one before it
+            if len(candidates) == 1 and isinstance(e, (ConvertError, config_lib.ConfigError)):
+                raise  # the step given: its own one line
+            failed.append(f"{epath.Path(step_dir).name} ({_error_line(e)})")
+            if len(failed) == len(candidates):
+                older = f" (and {len(failed) - 1} older)" if len(failed) > 1 else ""
+                raise ConvertError(f"--input={path}: no checkpoint step can be exported: step "
+                                   f"{failed[0]}{older}") from e
+    skipped += failed
+    tokenizer, no_tokenizer = _tokenizer_of(run)
+    if tokenizer is not None and tokenizer.kind == "sentencepiece":
+        try:  # checked before anything is written
+            hf_tokenizer.read_model(tokenizer.path)
+        except (DataError, hf_tokenizer.TokenizerExportError) as e:
+            tokenizer, no_tokenizer = None, str(e)
 
     def fill(tmp: str) -> None:
-        convert.save_hf_checkpoint(tmp, params, cfg)
-        if os.path.exists(vocab):
-            _write_tokenizer(tmp, vocab, settings, cfg)
+        hf_config = mapping.bert_to_hf_config(exported.cfg, exported.architecture)
+        hf_config.update(exported.hf_config)
+        mapping.save_hf_directory(tmp, exported.tensors, hf_config)
+        for name, source in exported.files.items():
+            shutil.copyfile(source, os.path.join(tmp, name))
+        if tokenizer is None:
+            return
+        if tokenizer.kind == "wordpiece":
+            _write_tokenizer(tmp, tokenizer.path, tokenizer.settings, exported.cfg)
+        else:
+            hf_tokenizer.write_sentencepiece(tokenizer.path, tmp,
+                                             exported.cfg.max_position_embeddings)
 
     _atomic_dir(output, fill)
-    if not os.path.exists(vocab):
-        logging.warning("%s has no vocab.txt: the HF directory has no tokenizer files", workdir)
-    return cfg, step, os.path.exists(vocab)
+    return ExportSummary(os.path.abspath(output), run.kind, run.step, exported, no_tokenizer,
+                         skipped)
+
+
+def export_hf(workdir: str, output: str) -> tuple[model_lib.BertConfig, int, bool]:
+    """``export``, answering (model config, step exported, whether tokenizer files were
+    written)."""
+    summary = export(workdir, output)
+    return summary.exported.cfg, summary.step, summary.tokenizer is None

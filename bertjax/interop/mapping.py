@@ -1,10 +1,16 @@
 """Hugging Face BERT checkpoints <-> bertjax parameters, on plain dicts of numpy arrays.
 
 One table, ``param_mapping(cfg)``, lists every (HF name, bertjax path, transform) row; import
-(``params_from_hf``) and export (``params_to_hf``) both read it, so the two directions cannot
-drift apart. Two HF names may map to the same bertjax path: that is how weight tying is written
-down (the MLM decoder weight is the word-embedding table, the decoder bias is
-``cls.predictions.bias``). Import checks that tied copies agree; export writes every copy.
+(``params_from_hf``) and export (``params_to_hf``; ``encoder_to_hf`` for the encoder alone, as
+an HF BertModel) all read it, so the directions cannot drift apart. Two HF names may map to
+the same bertjax path: that is how weight tying is written down (the MLM decoder weight is the
+word-embedding table, the decoder bias is ``cls.predictions.bias``). Import checks that tied
+copies agree; export writes every copy.
+
+A fine-tuned model (encoder + one dense head) maps to a transformers task class through
+``task_mapping``: the table's encoder rows, then the head's (``TASK_CLASSES``:
+BertForSequenceClassification, bertjax's mean-pooling classifier, BertForTokenClassification,
+BertForQuestionAnswering); ``task_to_hf`` and ``task_from_hf`` are its two directions.
 
 Layouts: a torch ``Linear`` stores its weight as [out, in], a flax kernel is [in, ..., out], so
 weights are transposed; the attention kernels additionally split the hidden axis into heads:
@@ -84,38 +90,52 @@ def hf_config_to_bert(hf_config: Mapping[str, Any], **overrides: Any) -> model_l
     absent = [k for k in required if k not in hf_config]
     if absent:
         raise ValueError(f"hf_config lacks {absent}; pass the checkpoint's full config.json")
+    def number(key: str, kind: type, default: Any = None) -> Any:
+        value = hf_config.get(key, default)
+        try:
+            if isinstance(value, bool) or (kind is int and isinstance(value, float)
+                                           and not value.is_integer()):
+                raise ValueError
+            return kind(value)
+        except (ValueError, TypeError):
+            what = "an integer" if kind is int else "a number"
+            raise ValueError(f"hf_config.{key}={value!r} is not {what}; pass the checkpoint's "
+                             "own config.json") from None
+
     fields = dict(
-        vocab_size=int(hf_config["vocab_size"]),
-        hidden_size=int(hf_config["hidden_size"]),
-        num_layers=int(hf_config["num_hidden_layers"]),
-        num_heads=int(hf_config["num_attention_heads"]),
-        intermediate_size=int(hf_config["intermediate_size"]),
+        vocab_size=number("vocab_size", int),
+        hidden_size=number("hidden_size", int),
+        num_layers=number("num_hidden_layers", int),
+        num_heads=number("num_attention_heads", int),
+        intermediate_size=number("intermediate_size", int),
         # The remaining defaults are transformers.BertConfig's own.
-        max_position_embeddings=int(hf_config.get("max_position_embeddings", 512)),
-        type_vocab_size=int(hf_config.get("type_vocab_size", 2)),
-        hidden_dropout=float(hf_config.get("hidden_dropout_prob", 0.1)),
-        attention_dropout=float(hf_config.get("attention_probs_dropout_prob", 0.1)),
+        max_position_embeddings=number("max_position_embeddings", int, 512),
+        type_vocab_size=number("type_vocab_size", int, 2),
+        hidden_dropout=number("hidden_dropout_prob", float, 0.1),
+        attention_dropout=number("attention_probs_dropout_prob", float, 0.1),
         hidden_act=_HF_ACTIVATIONS[act],
-        layer_norm_eps=float(hf_config.get("layer_norm_eps", 1e-12)),
-        initializer_range=float(hf_config.get("initializer_range", 0.02)),
+        layer_norm_eps=number("layer_norm_eps", float, 1e-12),
+        initializer_range=number("initializer_range", float, 0.02),
         tie_word_embeddings=bool(hf_config.get("tie_word_embeddings", True)),
     )
     fields.update(overrides)
     return model_lib.BertConfig(**fields)
 
 
-def bert_to_hf_config(cfg: model_lib.BertConfig) -> dict[str, Any]:
+def bert_to_hf_config(cfg: model_lib.BertConfig,
+                      architecture: str = "BertForPreTraining") -> dict[str, Any]:
     """The HF ``config.json`` dict for a bertjax config (inverse of ``hf_config_to_bert``).
 
     Args:
       cfg: the bertjax model config.
+      architecture: the transformers class the weights are for (``BertModel``: an encoder).
 
     Returns:
       A dict accepted by ``transformers.BertConfig(**d)``.
     """
     return {
         "model_type": "bert",
-        "architectures": ["BertForPreTraining"],
+        "architectures": [architecture],
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.hidden_size,
         "num_hidden_layers": cfg.num_layers,
@@ -165,6 +185,14 @@ class Row(NamedTuple):
     transform: Transform
 
 
+def _linear(hf: str, path: Path, n_in: int, n_out: int, kernel_shape: tuple | None = None,
+            bias_shape: tuple | None = None) -> Iterator[Row]:
+    """The rows of one dense layer: torch Linear ``hf`` [out, in] <-> flax Dense ``path``."""
+    yield Row(f"{hf}.weight", path + ("kernel",),
+              Transform((n_out, n_in), kernel_shape or (n_in, n_out), True))
+    yield Row(f"{hf}.bias", path + ("bias",), Transform((n_out,), bias_shape or (n_out,), False))
+
+
 def param_mapping(cfg: model_lib.BertConfig) -> Iterator[Row]:
     """Yields the complete HF BertForPreTraining <-> bertjax BertForPreTraining table.
 
@@ -179,12 +207,7 @@ def param_mapping(cfg: model_lib.BertConfig) -> Iterator[Row]:
     """
     d, f, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
     h, k = cfg.num_heads, cfg.head_dim
-
-    def linear(hf: str, path: Path, n_in: int, n_out: int, kernel_shape=None, bias_shape=None):
-        yield Row(f"{hf}.weight", path + ("kernel",),
-                  Transform((n_out, n_in), kernel_shape or (n_in, n_out), True))
-        yield Row(f"{hf}.bias", path + ("bias",),
-                  Transform((n_out,), bias_shape or (n_out,), False))
+    linear = _linear
 
     def norm(hf: str, path: Path):
         yield Row(f"{hf}.weight", path + ("scale",), Transform((d,), (d,), False))
@@ -406,12 +429,151 @@ def params_to_hf(params: Any, cfg: model_lib.BertConfig,
     Raises:
       ValueError: a parameter is missing, unexpected, or has the wrong shape for ``cfg``.
     """
-    rows = _checked_table(cfg)
+    return _rows_to_hf(_checked_table(cfg), traverse_util.flatten_dict(nn.meta.unbox(params)),
+                       dtype, "BertForPreTraining")
+
+
+def encoder_to_hf(bert: Any, cfg: model_lib.BertConfig,
+                  dtype: Any = np.float32) -> dict[str, np.ndarray]:
+    """Exports a bertjax encoder (the ``bert`` entry of any bertjax model's parameters) as an HF
+    ``BertModel`` state dict: the table's ``bert.*`` rows, named without the prefix as
+    ``BertModel.save_pretrained`` names them.
+
+    Args:
+      bert: the encoder's params tree (embeddings, layer_0..., pooler), per layer.
+      cfg: the config they were built with.
+      dtype: numpy dtype of the exported tensors.
+
+    Raises:
+      ValueError: a parameter is missing, unexpected, or has the wrong shape for ``cfg``.
+    """
+    rows = [r._replace(hf_name=r.hf_name[len("bert."):], path=r.path[1:])
+            for r in _checked_table(cfg) if r.hf_name.startswith("bert.")]
+    return _rows_to_hf(rows, traverse_util.flatten_dict(nn.meta.unbox(bert)), dtype,
+                       "BertModel (the encoder)")
+
+
+# A fine-tuned bertjax model (bertjax/finetuning: SequenceClassifier, TokenTagger, SpanQA) is
+# its encoder, named "bert" as in BertForPreTraining, and one dense head; each transformers task
+# class below holds the same two parts. Per class: the head's name (the same in both: bertjax's
+# Dense and torch's Linear), and whether the class's encoder has BERT's pooler. bertjax's
+# encoder always has one; the classes without it run no pooler, and neither does the bertjax
+# model they stand for (a tagger, a span head, a mean-pooling classifier), so it is not exported.
+MEAN_POOLING_CLASS = "BertMeanPoolingForSequenceClassification"  # interop/hf_modeling.py
+TASK_CLASSES: dict[str, tuple[str, bool]] = {
+    "BertForSequenceClassification": ("classifier", True),  # tanh pooler on [CLS]
+    MEAN_POOLING_CLASS: ("classifier", False),  # mean of the real tokens' last hidden states
+    "BertForTokenClassification": ("classifier", False),
+    "BertForQuestionAnswering": ("qa_outputs", False),  # num_outputs 2: start, end
+}
+_POOLER = ("bert", "pooler")
+
+
+def task_mapping(cfg: model_lib.BertConfig, architecture: str,
+                 num_outputs: int) -> Iterator[Row]:
+    """Yields the table of an HF task model <-> a fine-tuned bertjax model: the encoder's rows
+    of ``param_mapping`` (without the pooler where the class has none), then the head's.
+
+    Args:
+      cfg: the encoder's config (per layer).
+      architecture: a key of ``TASK_CLASSES``.
+      num_outputs: the head's width (labels; 1 for regression; 2 for span QA).
+
+    Raises:
+      ValueError: an unknown architecture.
+    """
+    if architecture not in TASK_CLASSES:
+        raise ValueError(f"architecture={architecture!r}; expected one of {sorted(TASK_CLASSES)}")
+    head, pooler = TASK_CLASSES[architecture]
+    for row in param_mapping(cfg):
+        if row.hf_name.startswith("bert.") and (pooler or row.path[:2] != _POOLER):
+            yield row
+    yield from _linear(head, (head,), cfg.hidden_size, num_outputs)
+
+
+def _task_rows(cfg: model_lib.BertConfig, architecture: str, num_outputs: int) -> list[Row]:
+    """``task_mapping``, its encoder rows checked against model.py like ``_checked_table``."""
+    _checked_table(cfg)
+    return list(task_mapping(cfg, architecture, num_outputs))
+
+
+def task_to_hf(params: Any, cfg: model_lib.BertConfig, architecture: str,
+               dtype: Any = np.float32) -> dict[str, np.ndarray]:
+    """Exports a fine-tuned bertjax model's parameters as the state dict of an HF task class.
+
+    Args:
+      params: {"bert": encoder (per layer), head name: {"kernel", "bias"}} (boxed or not).
+      cfg: the encoder's config.
+      architecture: a key of ``TASK_CLASSES``; the head's width is read from its kernel.
+      dtype: numpy dtype of the exported tensors.
+
+    Returns:
+      {HF name: numpy array} that ``<architecture>.load_state_dict(..., strict=True)`` takes.
+
+    Raises:
+      ValueError: a parameter is missing, unexpected, or has the wrong shape for ``cfg``.
+    """
     flat = traverse_util.flatten_dict(nn.meta.unbox(params))
+    head, pooler = TASK_CLASSES.get(architecture, (None, None))
+    if head is None or (head, "kernel") not in flat:
+        raise ValueError(f"params has no {head or '?'}/kernel for {architecture!r}; expected a "
+                         f"fine-tuned model with one of the heads of {sorted(TASK_CLASSES)}")
+    if not pooler:  # the model this class stands for runs no pooler (TASK_CLASSES)
+        flat = {p: x for p, x in flat.items() if p[:2] != _POOLER}
+    num_outputs = int(np.shape(flat[(head, "kernel")])[-1])
+    return _rows_to_hf(_task_rows(cfg, architecture, num_outputs), flat, dtype,
+                       f"fine-tuned model for {architecture}")
+
+
+def task_from_hf(tensors: Mapping[str, Any], cfg: model_lib.BertConfig,
+                 architecture: str) -> tuple[dict[str, Any], list[str]]:
+    """Imports an HF task model's state dict as a fine-tuned bertjax model's parameters (the
+    inverse of ``task_to_hf``).
+
+    Args:
+      tensors: the state dict (numpy or torch); "LayerNorm.gamma/beta" spellings accepted.
+      cfg: the encoder's config (see ``hf_config_to_bert``).
+      architecture: a key of ``TASK_CLASSES``; the head's width is read from its weight.
+
+    Returns:
+      (params, unused): params in ``cfg.param_dtype`` with the layout of the family's model,
+      without bert/pooler when the class has none (take it from the model's init); unused: the
+      HF names that map to nothing.
+
+    Raises:
+      ValueError: a tensor is missing or has the wrong shape.
+    """
+    by_name = {_canonical_name(k): k for k in tensors}
+    head = TASK_CLASSES.get(architecture, (None,))[0]
+    if head is None or f"{head}.weight" not in by_name:
+        raise ValueError(f"no {head or '?'}.weight for {architecture!r}; expected the state dict "
+                         f"of one of {sorted(TASK_CLASSES)}")
+    num_outputs = int(np.shape(_to_numpy(tensors[by_name[f"{head}.weight"]]))[0])
+    rows = _task_rows(cfg, architecture, num_outputs)
+    dtype = jnp.dtype(cfg.param_dtype)
+    flat = {}
+    for row in rows:
+        if row.hf_name not in by_name:
+            raise ValueError(f"the {architecture} state dict lacks {row.hf_name} (for bertjax "
+                             f"{'/'.join(row.path)})")
+        x = _to_numpy(tensors[by_name[row.hf_name]])
+        if tuple(x.shape) != row.transform.hf_shape:
+            raise ValueError(f"tensor {by_name[row.hf_name]!r} has shape {tuple(x.shape)}, "
+                             f"expected {row.transform.hf_shape} with this config")
+        if row.path not in flat:  # a tied copy (the MLM decoder) is not in a task table
+            flat[row.path] = row.transform.to_bertjax(x).astype(dtype)
+    used = {r.hf_name for r in rows}
+    unused = sorted(by_name[c] for c in by_name if c not in used and c not in _HF_BUFFERS)
+    return traverse_util.unflatten_dict(flat), unused
+
+
+def _rows_to_hf(rows: list[Row], flat: dict[Path, Any], dtype: Any,
+                what: str) -> dict[str, np.ndarray]:
+    """{HF name: tensor} for every row, from flat bertjax params that must match them."""
     extra = set(flat) - {r.path for r in rows}
     if extra:
         raise ValueError(f"params has entries with no HF name {sorted('/'.join(p) for p in extra)}"
-                         "; export only a bertjax BertForPreTraining params tree")
+                         f"; export only a bertjax {what} params tree")
     out = {}
     for row in rows:
         if row.path not in flat:
@@ -437,6 +599,7 @@ def load_hf_checkpoint(directory: str) -> tuple[dict[str, Any], dict[str, np.nda
 
     Raises:
       FileNotFoundError: config.json or the weights are missing (one line naming them).
+      ValueError: a weights file cannot be read (truncated, or another format), naming it.
     """
     from safetensors.numpy import load_file  # local: only conversion needs safetensors
 
@@ -452,8 +615,13 @@ def load_hf_checkpoint(directory: str) -> tuple[dict[str, Any], dict[str, np.nda
     if os.path.exists(single):
         files = [single]
     elif os.path.exists(index):
-        with open(index) as f:
-            shards = set(json.load(f)["weight_map"].values())
+        try:
+            with open(index) as f:
+                shards = set(json.load(f)["weight_map"].values())
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            why = "no weight_map" if isinstance(e, KeyError) else _first_line(e)
+            raise ValueError(f"{index} is not a safetensors index, JSON with a weight_map ({why});"
+                             " copy or save the checkpoint again") from None
         files = sorted(os.path.join(directory, name) for name in shards)
     elif os.path.exists(torch_bin):
         try:
@@ -462,7 +630,17 @@ def load_hf_checkpoint(directory: str) -> tuple[dict[str, Any], dict[str, np.nda
             raise FileNotFoundError(
                 f"{directory} has only pytorch_model.bin and torch is not installed; install "
                 "torch or re-save the model with safe_serialization=True") from None
-        state = torch.load(torch_bin, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(torch_bin, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated, or not a state dict torch may load safely
+            why = ("torch's weights-only loader refused it" if "eights only" in str(e) else
+                   _first_line(e))
+            raise ValueError(f"{torch_bin} cannot be loaded by torch ({why}); it is "
+                             "truncated or not a weights-only state dict: copy it again or "
+                             "re-save the model with safe_serialization=True") from None
+        if not isinstance(state, dict):
+            raise ValueError(f"{torch_bin} holds a {type(state).__name__}, not a state dict; "
+                             "re-save the model with save_pretrained(...)")
         return hf_config, {k: _to_numpy(v) for k, v in state.items()}
     else:
         raise FileNotFoundError(
@@ -470,8 +648,21 @@ def load_hf_checkpoint(directory: str) -> tuple[dict[str, Any], dict[str, np.nda
             "pytorch_model.bin; re-save the model with save_pretrained(...)")
     tensors: dict[str, np.ndarray] = {}
     for path in files:
-        tensors.update(load_file(path))
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} does not exist but {index} lists it; copy the "
+                                    "whole checkpoint directory")
+        try:
+            tensors.update(load_file(path))
+        except Exception as e:  # safetensors' own error type: a truncated or foreign file
+            raise ValueError(f"{path} cannot be read as safetensors ({_first_line(e)}); it is "
+                             "truncated or not a safetensors file: copy or save it again"
+                             ) from None
     return hf_config, tensors
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 def save_hf_checkpoint(directory: str, params: Any, cfg: model_lib.BertConfig) -> None:
@@ -482,11 +673,23 @@ def save_hf_checkpoint(directory: str, params: Any, cfg: model_lib.BertConfig) -
       params: bertjax BertForPreTraining params.
       cfg: the config the params were built with.
     """
+    save_hf_directory(directory, params_to_hf(params, cfg), bert_to_hf_config(cfg))
+
+
+def save_hf_directory(directory: str, tensors: dict[str, np.ndarray],
+                      hf_config: dict[str, Any]) -> None:
+    """Writes ``hf_config`` as config.json and ``tensors`` as model.safetensors (any of
+    transformers' BERT classes, as ``hf_config["architectures"]`` says).
+
+    Args:
+      directory: output directory (created if needed).
+      tensors: {HF name: numpy array}, from ``params_to_hf`` or ``encoder_to_hf``.
+      hf_config: from ``bert_to_hf_config``.
+    """
     from safetensors.numpy import save_file  # local: only conversion needs safetensors
 
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "config.json"), "w") as f:
-        json.dump(bert_to_hf_config(cfg), f, indent=2)
-    save_file(params_to_hf(params, cfg), os.path.join(directory, "model.safetensors"),
-              metadata={"format": "pt"})
+        json.dump(hf_config, f, indent=2)
+    save_file(tensors, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
 

@@ -1,6 +1,6 @@
 """Original TensorFlow BERT checkpoints (google-research/bert) -> HF-named numpy tensors.
 
-The google-research/bert variable names are derived from ``convert.param_mapping`` (the one
+The google-research/bert variable names are derived from ``mapping.param_mapping`` (the one
 mapping table), so the HF and TF import paths cannot drift apart. TensorFlow is imported only
 inside ``load_tf_checkpoint``.
 """
@@ -103,6 +103,7 @@ def load_tf_checkpoint(directory: str) -> tuple[dict[str, Any], dict[str, np.nda
 
     Raises:
       FileNotFoundError: the config or the checkpoint is missing (one line naming them).
+      ValueError: TensorFlow cannot read the checkpoint (a .data-* file missing or truncated).
     """
     for name in ("bert_config.json", "config.json"):
         config_path = os.path.join(directory, name)
@@ -127,7 +128,14 @@ def load_tf_checkpoint(directory: str) -> tuple[dict[str, Any], dict[str, np.nda
         raise FileNotFoundError(f"{directory} holds {len(indexes)} checkpoints {indexes} and no "
                                 "'checkpoint' file naming one; keep only the one to import")
     prefix = prefix or os.path.join(directory, indexes[0])
-    reader = tf.train.load_checkpoint(prefix)
-    names = sorted(reader.get_variable_to_shape_map())
-    return config, {n: np.asarray(reader.get_tensor(n)) for n in names}
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        names = sorted(reader.get_variable_to_shape_map())
+        return config, {n: np.asarray(reader.get_tensor(n)) for n in names}
+    except (tf.errors.OpError, ValueError) as e:  # a missing or truncated .data-* / .index
+        text = (getattr(e, "message", "") or str(e)).strip()
+        reason = text.splitlines()[0][:200] if text else type(e).__name__
+        raise ValueError(f"{prefix}.*: TensorFlow cannot read this checkpoint ({reason}); its "
+                         ".index and .data-* files must all be there and complete: copy them "
+                         "again") from None
 

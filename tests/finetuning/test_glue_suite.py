@@ -38,9 +38,36 @@ def _write(path, header: list[str], rows: list[list]) -> None:
         f.write("\t".join(header) + "\n" + "".join("\t".join(map(str, r)) + "\n" for r in rows))
 
 
-def fake_glue(root: str, seed: int = 0) -> None:
+MNLI_COLUMNS = ["index", "promptID", "pairID", "genre", "sentence1_binary_parse",
+                "sentence2_binary_parse", "sentence1_parse", "sentence2_parse", "sentence1",
+                "sentence2"]
+
+
+def fake_mnli(root: str, rng: np.random.Generator) -> None:
+    """MNLI in the GLUE layout (gold label: entailment when "good" is in the hypothesis, else
+    contradiction): train, dev_matched, dev_mismatched, test_matched (7 rows), test_mismatched
+    (5), and the diagnostic set diagnostic/diagnostic.tsv (index, sentence1, sentence2; 6)."""
+    def pairs(n):
+        goods = rng.random(n) < 0.5
+        return [(_sentence(rng, False), _sentence(rng, g), g) for g in goods]
+
+    for name, n in (("train", 64), ("dev_matched", 24), ("dev_mismatched", 16)):
+        _write(os.path.join(root, "MNLI", f"{name}.tsv"), MNLI_COLUMNS + ["label1", "gold_label"],
+               [[i, i, f"{i}e", "fiction", "( x )", "( y )", "(ROOT x)", "(ROOT y)", a, b,
+                 *(["entailment" if g else "contradiction"] * 2)]
+                for i, (a, b, g) in enumerate(pairs(n))])
+    for name, n in (("test_matched", 7), ("test_mismatched", 5)):
+        _write(os.path.join(root, "MNLI", f"{name}.tsv"), MNLI_COLUMNS,
+               [[i, i, f"{i}n", "fiction", "( x )", "( y )", "(ROOT x)", "(ROOT y)", a, b]
+                for i, (a, b, _) in enumerate(pairs(n))])
+    _write(os.path.join(root, "diagnostic", "diagnostic.tsv"), ["index", "sentence1", "sentence2"],
+           [[i, a, b] for i, (a, b, _) in enumerate(pairs(6))])
+
+
+def fake_glue(root: str, seed: int = 0, mnli: bool = False) -> None:
     """SST-2 (label: "good" present), MRPC (label: "good" in #1), STS-B (score: 2.5 x the
-    sentences holding "good"), each with train/dev (SST-2 also test); CoLA with dev only."""
+    sentences holding "good"), each with train/dev (SST-2 also test); CoLA with dev only;
+    with ``mnli``, MNLI and the diagnostic set too (``fake_mnli``)."""
     rng = np.random.default_rng(seed)
     for split, n in (("train", 64), ("dev", 24)):
         goods = rng.random((n, 2)) < 0.5
@@ -60,6 +87,8 @@ def fake_glue(root: str, seed: int = 0) -> None:
     _write(os.path.join(root, "SST-2", "test.tsv"), ["index", "sentence"],
            [[i, _sentence(rng, i % 2 == 0)] for i in range(10)])
     _write(os.path.join(root, "CoLA", "dev.tsv"), ["x"], [["only a dev file"]])
+    if mnli:
+        fake_mnli(root, rng)
 
 
 def tiny_config():

@@ -260,7 +260,7 @@ def test_encoder_params_restore_by_name():
     assert set(qa_params) == {"bert", "qa_outputs"}
 
 
-def _finetune(*args: str) -> subprocess.CompletedProcess:
+def run_finetune(*args: str) -> subprocess.CompletedProcess:
     # One CPU device: the sharded (8-device) evaluation is checked in-process above, and a
     # single device compiles and checkpoints the fastest.
     env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
@@ -269,16 +269,21 @@ def _finetune(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+def finetune_squad2(workdir: str) -> subprocess.CompletedProcess:
+    """A tiny SQuAD v2.0 fine-tuning from scratch on the test files (40 steps)."""
+    return run_finetune("--config=configs/squad.py:version=2.0", *TINY, *WINDOWS,
+                     f"--config.data.train={os.path.join(FILES, 'train-v2.0.json')}",
+                     f"--config.data.dev={os.path.join(FILES, 'dev-v2.0.json')}",
+                     "--config.global_batch_size=16", "--config.eval_batch_size=16",
+                     "--config.total_steps=40", "--config.eval_every=40",
+                     "--config.optim.lr=2e-3", "--config.model.hidden_dropout=0",
+                     "--config.model.attention_dropout=0", f"--workdir={workdir}")
+
+
 @pytest.mark.slow
 def test_cli_squad_v2_trains_predicts_every_question_and_eval_only_agrees(tmp_path):
     workdir = str(tmp_path / "squad2")
-    p = _finetune("--config=configs/squad.py:version=2.0", *TINY, *WINDOWS,
-                  f"--config.data.train={os.path.join(FILES, 'train-v2.0.json')}",
-                  f"--config.data.dev={os.path.join(FILES, 'dev-v2.0.json')}",
-                  "--config.global_batch_size=16", "--config.eval_batch_size=16",
-                  "--config.total_steps=40", "--config.eval_every=40", "--config.optim.lr=2e-3",
-                  "--config.model.hidden_dropout=0", "--config.model.attention_dropout=0",
-                  f"--workdir={workdir}")
+    p = finetune_squad2(workdir)
     assert p.returncode == 0, p.stderr[-3000:]
     ids = {e["id"] for e in readers.read_squad(os.path.join(FILES, "dev-v2.0.json"))}
     with open(os.path.join(workdir, "predictions", "dev.json")) as f:
@@ -300,7 +305,7 @@ def test_cli_squad_v2_trains_predicts_every_question_and_eval_only_agrees(tmp_pa
     assert squad.evaluate(gold, predictions)["f1"] == pytest.approx(dev["f1"])
 
     # The model, tokenizer, files and windows all come from the workdir: none on this line.
-    again = _finetune("--config=configs/squad.py:version=2.0",
+    again = run_finetune("--config=configs/squad.py:version=2.0",
                       "--config.eval_batch_size=16", f"--workdir={workdir}", "--eval_only")
     assert again.returncode == 0, again.stderr[-3000:]
     with open(os.path.join(workdir, "eval_metrics.json")) as f:
@@ -315,7 +320,7 @@ def test_cli_malformed_squad_file_is_one_line_exit_2(tmp_path):
     del data["data"][3]["paragraphs"][0]["qas"][1]["answers"][0]["answer_start"]
     bad.write_text(json.dumps(data))
     workdir = tmp_path / "bad_run"
-    p = _finetune("--config=configs/squad.py", *TINY, *WINDOWS, f"--config.data.train={bad}",
+    p = run_finetune("--config=configs/squad.py", *TINY, *WINDOWS, f"--config.data.train={bad}",
                   f"--config.data.dev={os.path.join(FILES, 'dev-v1.1.json')}",
                   f"--workdir={workdir}")
     assert p.returncode == 2, p.stderr[-2000:]
