@@ -65,9 +65,14 @@ def _random_params(model, seed: int, scale: float = 0.2, inputs: int = 3) -> dic
     return flax.traverse_util.unflatten_dict(flat)
 
 
-def _make_import(workdir: str, vocab_size: int, vocab_dir: str | None = None) -> str:
+def _make_import(workdir: str, vocab_size: int | None = None,
+                 vocab_dir: str | None = None) -> str:
     """A bertjax workdir shaped like a `bertjax.convert` import: random tiny BERT (large
-    enough weights that the heads' outputs differ clearly), with a WordPiece vocab if given."""
+    enough weights that the heads' outputs differ clearly), with a WordPiece vocab if given
+    (its size, unless ``vocab_size`` says otherwise)."""
+    if vocab_size is None:
+        from bertjax.finetuning import features
+        vocab_size = features.WordPieceAdapter(vocab_dir).vocab_size
     cfg = _tiny_cfg(vocab_size)
     convert_io.save_workdir_state(
         workdir, _random_params(model_lib.BertForPreTraining(cfg), 3, inputs=4), cfg)
@@ -321,31 +326,33 @@ def run_cls(tmp_path_factory):
     return _classify(tmp_path_factory, "cls", pooling="cls")
 
 
+def _task_run(tmp_path_factory, name: str, vocab_dir: str, make_config, train: str,
+              dev: str) -> str:
+    """A tiny fine-tuning (config ``make_config(import)``) from a fresh import."""
+    base = tmp_path_factory.mktemp(name)
+    c = make_config(_make_import(str(base / "import"), vocab_dir=vocab_dir))
+    c.data.train, c.data.dev = train, dev
+    return _run(c, str(base / "run"))
+
+
 @pytest.fixture(scope="module")
 def run_regression(tmp_path_factory):
-    base = tmp_path_factory.mktemp("stsb")
-    vocab_dir = os.path.join(FILES, "finetune", "vocab")
-    from bertjax.finetuning import features
-    source = _make_import(str(base / "import"), features.WordPieceAdapter(vocab_dir).vocab_size,
-                          vocab_dir)
-    c = _finetune_config("stsb", source)
-    c.data.train = os.path.join(FILES, "finetune", "sts_train.tsv")
-    c.data.dev = os.path.join(FILES, "finetune", "sts_dev.tsv")
-    return _run(c, str(base / "run"))
+    return _task_run(tmp_path_factory, "stsb", os.path.join(FILES, "finetune", "vocab"),
+                     lambda source: _finetune_config("stsb", source),
+                     os.path.join(FILES, "finetune", "sts_train.tsv"),
+                     os.path.join(FILES, "finetune", "sts_dev.tsv"))
 
 
 @pytest.fixture(scope="module")
 def run_ner(tmp_path_factory):
-    base = tmp_path_factory.mktemp("ner")
-    vocab_dir = os.path.join(FILES, "ner", "vocab")
-    from bertjax.finetuning import features
-    source = _make_import(str(base / "import"), features.WordPieceAdapter(vocab_dir).vocab_size,
-                          vocab_dir)
-    c = _finetune_config("ner", source, family="ner")
-    c.data.label = ""
-    c.data.train = os.path.join(FILES, "ner", "train.conll")
-    c.data.dev = os.path.join(FILES, "ner", "dev.conll")
-    return _run(c, str(base / "run"))
+    def config(source):
+        c = _finetune_config("ner", source, family="ner")
+        c.data.label = ""
+        return c
+
+    return _task_run(tmp_path_factory, "ner", os.path.join(FILES, "ner", "vocab"), config,
+                     os.path.join(FILES, "ner", "train.conll"),
+                     os.path.join(FILES, "ner", "dev.conll"))
 
 
 @pytest.fixture(scope="module")
@@ -353,9 +360,7 @@ def run_qa(tmp_path_factory):
     base = tmp_path_factory.mktemp("qa")
     squad_dir = os.path.join(FILES, "squad", "capitals")
     vocab_dir = os.path.join(squad_dir, "vocab")
-    from bertjax.finetuning import features
-    source = _make_import(str(base / "import"), features.WordPieceAdapter(vocab_dir).vocab_size,
-                          vocab_dir)
+    source = _make_import(str(base / "import"), vocab_dir=vocab_dir)
     c = _squad_config()
     c.init_from = source
     c.data.train = os.path.join(squad_dir, "train-v1.1.json")
