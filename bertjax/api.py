@@ -291,7 +291,6 @@ def load(path: str, sharded: bool = False, max_length: int = 128) -> Model:
     rules = tuple(tuple(r) for r in saved.sharding.rules) if "sharding" in saved else tuple(
         sharding.DEFAULT_RULES)
     mesh = _mesh(sharded)
-    train.use_rng_impl(saved.get("rng_impl", "threefry2x32"))
     if run.kind == "finetuning":
         family = _family(saved)
         model, inputs = family.make_model(cfg), train.task_inputs(8)
