@@ -209,7 +209,7 @@ def _report(config: Any, workdir: str, mesh_shape: dict, metrics_path: str, eval
     summary table."""
     last, last_eval = result["train"], result["eval"]
     result["majority_baseline"] = majority_baseline(eval_it)
-    png = report.plot_curves(workdir)
+    png = report.plot_curves(workdir, result["majority_baseline"])
     print(report.summary({
         "workdir": workdir, "steps": f"{result['step']} / {config.total_steps}",
         "model": f"{config.model.preset} ({config.model.vocab_size} vocab)",
@@ -284,11 +284,13 @@ def _run(config: Any, workdir: str, allow_config_change: bool, shape: tuple[int,
         s, metrics = pending
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
         real_tokens += values["real_tokens"]
+        elapsed = max(time.perf_counter() - t_start, 1e-9)
+        rate = tokens * (s - start) / elapsed  # since this start, compile excluded
+        values.update(tokens_per_s=rate, data_wait_share=data_wait / elapsed)
         if s % config.log_every == 0 or s == config.total_steps:
             writer.write(s, "train", values)
         if progress is not None:
             progress.update(s - progress.n)
-            rate = tokens * (s - start) / max(time.perf_counter() - t_start, 1e-9)
             progress.set_postfix(loss=f"{values['loss']:.3f}",
                                  mlm_acc=f"{values['mlm_accuracy']:.3f}", tok_s=f"{rate:,.0f}")
         return values

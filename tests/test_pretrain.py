@@ -20,6 +20,7 @@ import pytest
 
 from bertjax import checkpoint as ckpt_lib
 from bertjax import config as config_lib
+from bertjax import report
 from bertjax import rundir
 from bertjax import sharding
 from bertjax import train
@@ -124,10 +125,15 @@ def test_exact_resume_after_sigkill(cache, straight, tmp_path):
     events = glob.glob(os.path.join(straight, "tb", "train", "events.out.tfevents.*"))
     assert events
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    acc = EventAccumulator(os.path.dirname(events[0]), size_guidance={"tensors": 0})
+    acc = EventAccumulator(os.path.dirname(events[0]), size_guidance={"scalars": 0})
     acc.Reload()
-    loss = [e for e in acc.Tensors("loss")]
+    assert {"loss", "learning_rate", "tokens_per_s", "data_wait_share"} <= set(
+        acc.Tags()["scalars"])
+    loss = acc.Scalars("loss")  # TensorBoard's scalar dashboard reads these
     assert [e.step for e in loss] == list(range(1, 13))
+    jsonl = {r["step"]: r["loss"] for r in report.read_metrics(straight) if r["split"] == "train"}
+    assert [e.value for e in loss] == pytest.approx([jsonl[e.step] for e in loss], rel=1e-6)
+    assert all(e.value > 0 for e in acc.Scalars("tokens_per_s"))
     assert "most-frequent-token acc." in _log(straight)
     padding = re.search(r"of them not padding \(([0-9.]+)% padding\)", _log(straight))
     assert padding and float(padding.group(1)) < 5.0, _log(straight)[-1500:]

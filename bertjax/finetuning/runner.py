@@ -560,10 +560,12 @@ def report_run(plan: Plan, built: Built, speed: dict, writer: report.MetricsWrit
         _json(os.path.join(plan.workdir,
                            "eval_metrics.json" if plan.eval_only else "metrics.json"), summary)
         writer.flush()
+        curves = None if plan.eval_only else report.plot_finetune_curves(plan.workdir, head)
         extra = "".join(f", {name} {head} {summary[name][head]:.4f}" for name in plan.evalsets
                         if name != "dev")
         say(f"dev {head} {summary['dev'][head]:.4f}{extra} (checkpoint of step "
-            f"{built.best['step']}); predictions in {pred_dir}")
+            f"{built.best['step']}); predictions in {pred_dir}"
+            + (f"; curves in {curves}" if curves else ""))
     return summary
 
 

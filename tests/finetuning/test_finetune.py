@@ -135,6 +135,7 @@ def test_finetune_learns_writes_predictions_and_eval_only_agrees(imported, tmp_p
     assert rows[0] == "index\tprediction" and len(rows) == 31
     assert {r.split("\t")[1] for r in rows[1:]} <= {"neg", "pos"}
     assert os.path.exists(os.path.join(workdir, "metrics.json"))
+    assert os.path.getsize(os.path.join(workdir, "curves.png")) > 10_000  # loss, dev accuracy
     for m in (1, 4):
         again = classify.run(custom_config("", examples_per_row=m), workdir, eval_only=True)
         assert again["dev"] == pytest.approx(result["dev"], rel=1e-4, abs=1e-5)
