@@ -22,7 +22,6 @@ mesh of every device by the run's logical sharding rules.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Sequence
 
 import jax
@@ -123,7 +122,11 @@ class Model:
         settings = embedding.Settings(init_from=self.path, pooling=pooling, normalize=normalize,
                                       max_seq_length=max_length or self.max_length,
                                       batch_size=batch_size, dtype=self.config.dtype)
-        return _embedder(settings).embed(list(texts))
+        embedders = self.__dict__.setdefault("_embedders", {})
+        if settings not in embedders:  # this model's parameters, not a second restore
+            embedders[settings] = embedding.Embedder(embedding.check(settings), self.mesh,
+                                                     self.params)
+        return embedders[settings].embed(list(texts))
 
     def fill_mask(self, texts: Sequence[str], top_k: int = 5,
                   max_length: int | None = None) -> list:
@@ -250,13 +253,6 @@ def _batched(fn_and_sh: tuple, params: Any, rows: dict, batch_size: int) -> np.n
         outs.append(np.asarray(jax.device_get(fn(params, multihost.global_batch(chunk,
                                                                                   batch_sh)))))
     return np.concatenate(outs)[:n]
-
-
-@functools.lru_cache(maxsize=8)
-def _embedder(settings: Any) -> Any:
-    from bertjax.finetuning import embedding
-
-    return embedding.Embedder(embedding.check(settings))
 
 
 def _mesh(sharded: bool) -> Any:

@@ -218,9 +218,11 @@ def embed_step(params: Any, batch: dict, fns: train.StepFns) -> jax.Array:
 class Embedder:
     """A restored, sharded, compiled encoder that embeds lists of sentences."""
 
-    def __init__(self, plan: Plan, mesh: Mesh | None = None):
+    def __init__(self, plan: Plan, mesh: Mesh | None = None, params: Any = None):
         """Restores the workdir's encoder onto ``mesh`` (default: the plan's, over every
-        device) and jits the embedding step."""
+        device) and jits the embedding step. ``params`` ({"bert": encoder parameters}, e.g.
+        those bertjax.load already holds) are placed on the mesh instead of being read from
+        the checkpoint a second time."""
         s = plan.settings
         self.plan, self.mesh = plan, mesh or plan.mesh
         model = SentenceEncoder(plan.model_cfg, s.pooling, s.normalize)
@@ -232,8 +234,8 @@ class Embedder:
 
         ckpt_lib.quiet_failed_restore()
         try:
-            self.params = train.restore_params(s.init_from, abstract, params_sh, "--init_from",
-                                               subtree="bert")
+            self.params = None if params is not None else train.restore_params(
+                s.init_from, abstract, params_sh, "--init_from", subtree="bert")
         except (config_lib.ConfigError, DataError):
             raise
         except Exception as e:  # the checkpoint's files: missing, truncated, not orbax's
@@ -245,6 +247,8 @@ class Embedder:
                 f"{rundir.resolve(s.init_from, '--init_from').step_dir} ({why}); the checkpoint "
                 "is damaged: use another step (--init_from=WORKDIR/checkpoints/N) or "
                 "re-create it") from e
+        if params is not None:
+            self.params = jax.device_put({"bert": params["bert"]}, params_sh)
         self.dim = plan.model_cfg.hidden_size
         keys = features.FEATURE_KEYS + (packing.PACKED_KEYS if s.examples_per_row > 1 else ())
         like = {k: np.zeros((s.batch_size, 1), np.int32) for k in keys}
