@@ -300,3 +300,74 @@ def freeze(config: ml_collections.ConfigDict) -> Any:
     """Locks the config so later code cannot add keys by accident."""
     config.lock()
     return config
+
+
+# One line per key of base_config: what ``--print_config`` and ``--help`` say of it
+# (tests/test_help.py checks that every key of every shipped config has a line).
+MEANINGS = {
+    "seed": "seed of the initialisation, the data order and dropout",
+    "rng_impl": "random-bit generator for dropout: threefry2x32 (same bits everywhere) | rbg | "
+                "unsafe_rbg (cheaper on GPU/TPU); part of a run's identity",
+    "model.preset": "model size: tiny | mini | small | medium | base | large, or custom",
+    "model.num_layers": "encoder layers; 0: the preset's",
+    "model.hidden_size": "hidden width; 0: the preset's",
+    "model.num_heads": "attention heads; 0: the preset's",
+    "model.intermediate_size": "feed-forward width; 0: the preset's (4 x hidden)",
+    "model.vocab_size": "vocabulary size (the prepared data's tokenizer sets it)",
+    "model.max_position_embeddings": "longest sequence the position table holds",
+    "model.type_vocab_size": "segment (token type) ids: 2 for sentence pairs",
+    "model.hidden_dropout": "dropout on embeddings and every sublayer's output",
+    "model.attention_dropout": "dropout on attention probabilities (0 allows xla/cudnn attention)",
+    "model.hidden_act": "feed-forward activation: gelu (exact erf) | gelu_tanh | relu",
+    "model.dtype": "compute dtype: float32 | bfloat16 (weights stay param_dtype)",
+    "model.param_dtype": "dtype the weights and optimizer state are kept in",
+    "model.attention_impl": "auto | explicit | xla | cudnn (the last two need attention_dropout=0)",
+    "model.scan_layers": "one nn.scan over the layers: much faster compiles on pods",
+    "model.remat": "recompute activations in the backward pass: none | full | dots",
+    "model.tie_word_embeddings": "the MLM decoder reuses the word embeddings (BERT) or not",
+    "model.prune_last_layer": "last layer only at masked positions and [CLS] (same numbers)",
+    "mesh.data": "data-parallel axis size; -1: the devices left over",
+    "mesh.fsdp": "fully-sharded axis size (weights and optimizer state split over it)",
+    "mesh.tensor": "tensor-parallel axis size (heads and feed-forward split over it)",
+    "sharding.rules": "logical axis name -> mesh axes (bertjax/sharding.py DEFAULT_RULES)",
+    "optim.name": "lamb | adamw",
+    "optim.lr": "peak learning rate (after warmup)",
+    "optim.end_lr": "learning rate at the last step (polynomial decay)",
+    "optim.warmup_steps": "linear warmup steps",
+    "optim.power": "polynomial decay power (1: linear)",
+    "optim.b1": "Adam/LAMB first-moment decay",
+    "optim.b2": "Adam/LAMB second-moment decay",
+    "optim.eps": "Adam/LAMB epsilon",
+    "optim.weight_decay": "decoupled weight decay (not on biases and LayerNorm)",
+    "optim.clip_norm": "global gradient-norm clip; 0: none",
+    "optim.embedding_lr": "> 0: embedding tables take Adam at this peak rate, outside LAMB's "
+                          "trust ratio; 0: like every other weight",
+    "global_batch_size": "sequences per optimizer step, over all hosts and micro-batches",
+    "accum_steps": "micro-batches accumulated per step (memory, not the batch, shrinks)",
+    "max_seq_length": "tokens per row, [CLS]/[SEP] included",
+    "max_predictions": "masked positions per row the MLM loss reads",
+    "total_steps": "optimizer steps of the run",
+    "max_nonfinite_steps": "stop after this many NaN/inf steps in a row (each is skipped); "
+                           "0: no guard",
+    "nsp": "train next-sentence prediction beside MLM; False: MLM only",
+    "data.source": "embedded (stdlib docstrings) | prepared (bertjax.prepare output) | "
+                   "bert_tfrecords (google-research files) | synthetic",
+    "data.path": "prepared dir or TFRecord glob; embedded: cache dir (default ~/.cache/bertjax)",
+    "data.mask_rate": "share of maskable tokens masked (80% [MASK], 10% random, 10% kept)",
+    "data.whole_word": "mask whole words (all their pieces) together",
+    "data.short_seq_prob": "share of pairs cut shorter than max_seq_length (BERT's 0.1)",
+    "data.shuffle_buffer": "examples in the shuffle buffer",
+    "data.pairs_per_row": "NSP pairs packed per row (1: one pair per row, BERT's layout)",
+    "data.max_documents": "embedded: keep the first N documents; 0: all",
+    "data.inject_nan_from": "synthetic, fault tests only: NaN weights from this batch on",
+    "init_from": "start the weights from a bertjax workdir, a step dir or an import "
+                 "(parameters only)",
+    "eval_every": "steps between held-out evaluations",
+    "eval_batch_size": "sequences per evaluation batch",
+    "checkpoint_every": "steps between checkpoints",
+    "keep_checkpoints": "latest checkpoints kept",
+    "keep_period": "also keep every step divisible by this; 0: none",
+    "async_checkpoints": "save in the background while training goes on",
+    "log_every": "steps between logged metrics",
+    "progress_bar": "show a progress bar on the terminal",
+}

@@ -15,7 +15,9 @@ on purpose: the work is in bertjax/interop/.
 from absl import flags
 
 from bertjax import cli
+from bertjax import console
 from bertjax import lock
+from bertjax import progress
 
 _DEBUG = cli.define_debug_flag()
 _FROM = flags.DEFINE_enum("from", None, ["hf", "tf"], "Import this checkpoint format.")
@@ -63,11 +65,17 @@ def main(argv):
 
     with cli.input_errors(_DEBUG.value, checkpoints.ConvertError), \
             lock.hold(_OUTPUT.value, inside=False, what="--output"):
+        # the bars show after a second: a refused input draws none
         if _FROM.value:
-            _print_import(checkpoints.import_checkpoint(_FROM.value, _INPUT.value, _OUTPUT.value,
-                                                        _LOWER.value))
+            console.log_to(_OUTPUT.value, later=True)  # the imported workdir keeps the log
+            with progress.bar(checkpoints.IMPORT_STAGES, "stage", "import", delay=1) as bar:
+                summary = checkpoints.import_checkpoint(_FROM.value, _INPUT.value,
+                                                        _OUTPUT.value, _LOWER.value, bar=bar)
+            _print_import(summary)
         else:
-            _print_export(checkpoints.export(_INPUT.value, _OUTPUT.value))
+            with progress.bar(checkpoints.EXPORT_STAGES, "stage", "export", delay=1) as bar:
+                summary = checkpoints.export(_INPUT.value, _OUTPUT.value, bar=bar)
+            _print_export(summary)
 
 
 if __name__ == "__main__":

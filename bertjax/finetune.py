@@ -16,6 +16,7 @@ import os
 from absl import flags
 
 from bertjax import cli
+from bertjax import console
 
 _CONFIG = cli.define_config_file("glue.py", "Fine-tuning config file (configs/glue.py:task=...).")
 _START_CLUSTER = cli.define_cluster_flags()
@@ -32,6 +33,7 @@ def main(argv):
 
     config = cli.config_value(_CONFIG)
     workdir = _WORKDIR.value or os.path.join("runs", config.task)
+    console.log_to(workdir, later=True)  # also when nothing trains (a finished demo reported)
     with cli.input_errors(_DEBUG.value):
         _START_CLUSTER()
         if config.task == "demo" and not _EVAL_ONLY.value:

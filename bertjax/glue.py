@@ -18,6 +18,7 @@ import os
 from absl import flags
 
 from bertjax import cli
+from bertjax import console
 
 _CONFIG = cli.define_config_file("glue.py", "Fine-tuning config for every task (configs/glue.py); "
                                  "--config.key=value overrides apply to all tasks.")
@@ -43,6 +44,8 @@ _FILL = flags.DEFINE_bool("fill_missing", False, "Fill the submission files of t
 def main(argv):
     cli.start(argv)
     from bertjax.finetuning import glue_suite  # after flag parsing: jax starts here
+
+    console.log_to(_WORKDIR.value, later=True)  # a suite that never got to settle its log
 
     config = cli.config_value(_CONFIG)
     with cli.input_errors(_DEBUG.value):

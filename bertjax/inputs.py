@@ -17,6 +17,7 @@ with, or ids the model's embedding table cannot hold stop the run in one line, n
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import logging
@@ -26,7 +27,9 @@ from typing import Any
 import numpy as np
 
 from bertjax import multihost
+from bertjax import progress
 from bertjax import synthetic
+from bertjax.data import fs  # local paths and gs:// alike
 from bertjax.data import prepare as prepare_lib  # TensorFlow-free to import
 from bertjax.data import records
 from bertjax.data.errors import DataError
@@ -77,13 +80,12 @@ class SyntheticIterator:
         return b
 
     def save(self, path: str) -> str:
-        with open(path + ".json", "w") as f:
-            json.dump({"rng": self._rng.bit_generator.state, "taken": self._taken}, f)
+        fs.path(path + ".json").write_text(
+            json.dumps({"rng": self._rng.bit_generator.state, "taken": self._taken}))
         return path
 
     def restore(self, path: str) -> None:
-        with open(path + ".json") as f:
-            saved = json.load(f)
+        saved = json.loads(fs.path(path + ".json").read_text())
         self._rng.bit_generator.state = saved["rng"]
         self._taken = saved["taken"]
 
@@ -101,12 +103,13 @@ def check(config: Any) -> None:
         raise InputError(f"config.data.source={d.source!r} needs config.data.path (a directory "
                          "from python -m bertjax.prepare, or a TFRecord glob)")
     path = data_path(config)
-    if d.source in ("prepared", "embedded") and os.path.exists(path) and not os.path.isdir(path):
+    if (d.source in ("prepared", "embedded") and fs.path(path).exists()
+            and not fs.path(path).is_dir()):
         raise InputError(f"config.data.path={path!r} is a file (expected the directory python -m "
                          "bertjax.prepare wrote, which holds metadata.json); pass that directory"
                          + (" or use config.data.source=bert_tfrecords for TFRecord files"
                             if d.source == "prepared" else ""))
-    if d.source == "prepared" and not os.path.exists(os.path.join(d.path, "metadata.json")):
+    if d.source == "prepared" and not fs.path(os.path.join(d.path, "metadata.json")).exists():
         raise InputError(f"config.data.path={d.path!r} holds no complete preparation (no "
                          "metadata.json); run python -m bertjax.prepare --output there first")
     if not 0.0 < d.mask_rate < 1.0:
@@ -121,8 +124,8 @@ def check(config: Any) -> None:
         raise InputError(f"config.data.pairs_per_row={packs} packs NSP pairs, which {what} do not "
                          "have; set --config.data.pairs_per_row=1")
     try:  # the files last: stats and one sha256, after the config's own values
-        if d.source == "prepared" or (d.source == "embedded" and os.path.exists(
-                os.path.join(path, prepare_lib.METADATA))):
+        if d.source == "prepared" or (d.source == "embedded" and fs.path(
+                os.path.join(path, prepare_lib.METADATA)).exists()):
             prepare_lib.check_prepared(path, config.model.vocab_size)
         elif d.source == "bert_tfrecords":
             records.expand_files(d.path)
@@ -130,22 +133,108 @@ def check(config: Any) -> None:
         raise InputError(str(e)) from None
 
 
+def check_tokenizer(config: Any, found: tuple[str, str] | None, init_from: str) -> None:
+    """Refuses data whose ids are not those of the model ``init_from`` continues (one line,
+    before anything is compiled): prepared data must come from the same tokenizer (for an
+    import: its WordPiece vocabulary and casing, ``python -m bertjax.prepare --vocab``), and an
+    embedded corpus not prepared yet would be prepared with a new sentencepiece model.
+
+    Args:
+      config: the run config (its data).
+      found: the tokenizer of ``init_from`` (bertjax.rundir.Run.tokenizer), None if unknown.
+      init_from: the run continued, for the message.
+    """
+    d = config.data
+    if found is None or d.source not in ("prepared", "embedded"):
+        return
+    path = data_path(config)
+    given = (f"--vocab={init_from}" if found[0] == prepare_lib.WORDPIECE
+             else f"--tokenizer={found[1]}")
+    fix = (f"prepare the corpus with the model's tokenizer: python -m bertjax.prepare "
+           f"--input=YOUR_TEXT --output=DIR {given}, then pass "
+           "--config.data.source=prepared --config.data.path=DIR")
+    if not fs.path(os.path.join(path, prepare_lib.METADATA)).exists():
+        if found[0] == prepare_lib.WORDPIECE:
+            raise InputError(f"config.init_from={init_from} reads WordPiece ids, but {path} holds "
+                             "no prepared data (the embedded corpus would be prepared with a new "
+                             f"sentencepiece model); {fix.replace('YOUR_TEXT', 'embedded')}")
+        return
+    try:
+        differs = prepare_lib.tokenizer_difference(prepare_lib.load_metadata(path), *found)
+    except (DataError, OSError) as e:
+        raise InputError(str(e)) from None
+    if differs:
+        raise InputError(f"config.data.path={path} does not hold config.init_from={init_from}'s "
+                         f"token ids ({differs}); {fix}")
+
+
+# sentencepiece's trainer sums its statistics per thread, so the model it learns depends on the
+# thread count: a fixed count makes the embedded corpus the same bytes on every host, whatever
+# its cores (2: the machines the README's figures were measured on prepared it with 2).
+EMBEDDED_PROCESSES = 2
+
+
+def _prepare_embedded(config: Any, path: str, bar: bool) -> None:
+    print(f"preparing the embedded corpus into {path} (once) ...", flush=True)
+    prepare_lib.prepare(prepare_lib.PrepareConfig(
+        input="embedded", output=path, vocab_size=config.model.vocab_size,
+        num_shards=8, max_documents=config.data.max_documents or None,
+        processes=EMBEDDED_PROCESSES), progress=progress.bar if bar else None)
+
+
 def ensure_prepared(config: Any) -> None:
-    """Prepares the embedded corpus on first use (process 0 works, the others wait), then
-    checks it as ``check`` checks prepared data."""
+    """Prepares the embedded corpus on first use, then checks it as ``check`` checks prepared
+    data, on every host.
+
+    Process 0 prepares first; a host that then still finds no corpus at the path (its own disk:
+    TPU VMs, pods without shared storage) prepares its own copy. The preparation is
+    deterministic (same text, same sentencepiece threads, deterministic records), so every
+    copy holds the same bytes; ``data_fingerprint`` lets the hosts' agreement check that.
+    A host whose copy is damaged stops every host, naming it.
+    """
     if config.data.source != "embedded":
         return
     path = data_path(config)
-    if multihost.is_chief() and not os.path.exists(os.path.join(path, "metadata.json")):
-        print(f"preparing the embedded corpus into {path} (once) ...", flush=True)
-        prepare_lib.prepare(prepare_lib.PrepareConfig(
-            input="embedded", output=path, vocab_size=config.model.vocab_size,
-            num_shards=8, max_documents=config.data.max_documents or None))
-    multihost.barrier("embedded corpus prepared")
+    metadata = os.path.join(path, prepare_lib.METADATA)
+    bar = config.get("progress_bar", True)
+    if multihost.is_chief() and not fs.path(metadata).exists():
+        _prepare_embedded(config, path, bar)
+    multihost.barrier("embedded corpus prepared by process 0")
+    if not multihost.is_chief() and not fs.path(metadata).exists():
+        _prepare_embedded(config, path, bar=False)  # this host's own copy
+    multihost.barrier("embedded corpus prepared on every host")
+    problem = None
     try:  # what check() does for prepared data, now that the corpus exists
         prepare_lib.check_prepared(path, config.model.vocab_size)
     except DataError as e:
-        raise InputError(str(e)) from None
+        problem = str(e)
+    problem = multihost.any_host_problem(problem)
+    if problem:
+        raise InputError(problem)
+
+
+def data_fingerprint(config: Any) -> str | None:
+    """What the hosts of one run must agree on about its data, as one line: for prepared data
+    (and the embedded corpus) the sha256 of its metadata.json, which records the tokenizer's
+    and every shard's sha256 (or that there is none at the path); for google-research/bert
+    TFRecords the files the glob matches with their sizes; None for synthetic data."""
+    d = config.data
+    path = data_path(config)
+    if d.source in ("prepared", "embedded"):
+        metadata = fs.path(os.path.join(path, prepare_lib.METADATA))
+        if not metadata.exists():
+            return f"no prepared data at {path} (no {prepare_lib.METADATA})"
+        digest = hashlib.sha256(metadata.read_bytes()).hexdigest()
+        return f"prepared data whose {prepare_lib.METADATA} has sha256 {digest[:16]}"
+    if d.source == "bert_tfrecords":
+        try:
+            files = sorted(records.expand_files(d.path))
+        except DataError as e:
+            return str(e)
+        listing = [(os.path.basename(f), fs.size(f)) for f in files]
+        digest = hashlib.sha256(json.dumps(listing).encode()).hexdigest()
+        return f"{len(files)} TFRecord files, names and sizes {digest[:16]}"
+    return None
 
 
 def _tf_kwargs(config: Any) -> dict:

@@ -4,7 +4,9 @@
                workdir is then locked against a second process (bertjax.rundir.lock);
   2. build     mesh, the train state born sharded, input iterators;
   3. restore   the latest complete checkpoint of this workdir (exact resume), else
-               ``config.init_from`` parameters, else the fresh initialisation;
+               ``config.init_from`` parameters (the model's sizes, vocabulary and tokenizer
+               follow that run: ``follow_init_from``; its held-out MLM accuracy is evaluated
+               at step 0), else the fresh initialisation;
   4. compile   the train and eval steps ahead of time; memory analysis logged before step 0;
   5. train     dispatch step t, then read step t-1's metrics (never block the device); evaluate
                and checkpoint on their cadences; SIGTERM (or a first Ctrl-C) finishes the step,
@@ -25,9 +27,12 @@ from etils import epath  # local paths and gs:// alike
 
 from bertjax import checkpoint as ckpt_lib
 from bertjax import config as config_lib
+from bertjax import console
 from bertjax import inputs
 from bertjax import lock
+from bertjax import model as model_lib
 from bertjax import multihost
+from bertjax import progress as progress_lib
 from bertjax import report
 from bertjax import rundir
 from bertjax import sharding
@@ -66,6 +71,60 @@ def open_checkpoints(workdir: str, config: Any,
     return ckpt
 
 
+# What a continued run takes from the run it starts from: everything that shapes a parameter
+# (config.model keeps the numerics, dropout and layout: dtype, scan_layers, remat, ...).
+MODEL_SHAPE = ("num_layers", "hidden_size", "num_heads", "intermediate_size", "vocab_size",
+               "max_position_embeddings", "type_vocab_size", "hidden_act", "tie_word_embeddings")
+
+
+def follow_init_from(config: Any) -> rundir.Run:
+    """The run ``config.init_from`` names, with ``config.model`` set to its shape (sizes,
+    vocabulary, activation, tied decoder or not), so continuing an import needs no sizes restated.
+
+    A config that already describes that shape is left as it is (so a phase-2 config, or a run
+    started before this rule, resumes with the config it saved).
+
+    Raises:
+      ConfigError: one line when ``init_from`` is missing, holds no checkpoint, or has a
+        LayerNorm epsilon the run config cannot express.
+    """
+    run = rundir.resolve(config.init_from)  # a missing or empty one stops here, in one line
+    want = run.model_config()
+    have = config_lib.model_config(config)
+    if want.layer_norm_eps != have.layer_norm_eps:
+        raise config_lib.ConfigError(
+            f"config.init_from={config.init_from} has layer_norm_eps={want.layer_norm_eps}, but a "
+            f"pre-training config builds {have.layer_norm_eps}; continue a model with BERT's "
+            "epsilon, or fine-tune this one instead")
+    if all(getattr(want, k) == getattr(have, k) for k in MODEL_SHAPE):
+        return run
+    m = config.model
+    sizes = (want.num_layers, want.hidden_size, want.num_heads)
+    m.preset = next((name for name, s in model_lib.PRESETS.items()
+                     if s == sizes and want.intermediate_size == 4 * want.hidden_size), "custom")
+    for key in MODEL_SHAPE:
+        m[key] = getattr(want, key)
+    return run
+
+
+def init_from_line(config: Any, run: rundir.Run) -> str:
+    """The line a run started from ``init_from`` prints: what it continues and, for an import
+    that lacked them (a BertModel checkpoint), that its pre-training heads start fresh."""
+    m = config.model
+    line = (f"continuing {run.kind} {config.init_from} (step {run.step}): {m.num_layers} layers, "
+            f"hidden {m.hidden_size}, {m.num_heads} heads, vocab {m.vocab_size}")
+    fresh = run.initialised()
+    heads = [what for what, prefix in (("the MLM transform", "mlm/transform"),
+                                       ("the MLM output bias", "mlm_bias"),
+                                       ("the NSP head", "nsp/")) if any(
+                                           p.startswith(prefix) for p in fresh)]
+    if heads:
+        tied = ("the MLM decoder tied to its word embeddings" if m.tie_word_embeddings else
+                "the MLM decoder a matrix of its own")
+        line += (f"; it has no pre-training heads: {', '.join(heads)} start fresh, {tied}")
+    return line
+
+
 def init_params_from(path: str, state: train.TrainState, shardings: Any) -> train.TrainState:
     """Replaces the parameters with those of another bertjax run (fresh optimizer and step)."""
     return state.replace(params=train.restore_params(path, state.params, shardings.params))
@@ -90,9 +149,9 @@ def host_facts(config: Any) -> dict[str, Any]:
             with open(os.path.join(root, name), "rb") as f:
                 code.update(f.read())
     facts["code version"] = code.hexdigest()
-    path = inputs.data_path(config)
-    if path and os.path.isdir(path):
-        facts["data files"] = sorted(os.listdir(path))
+    data = inputs.data_fingerprint(config)  # the same bytes on every host, local or gs://
+    if data is not None:
+        facts["data"] = data
     return facts
 
 
@@ -151,16 +210,8 @@ def _finished(workdir: str, step: int, total_steps: int, chief: bool) -> dict[st
 
 
 def _memory_line(compiled: Any) -> str:
-    try:
-        mem = compiled.memory_analysis()
-    except Exception:  # not every backend reports it
-        mem = None
-    if mem is None:
-        return "memory analysis unavailable on this backend"
-    gib = 1 / 2**30
-    return (f"memory per device: arguments {mem.argument_size_in_bytes * gib:.3f} GiB, "
-            f"outputs {mem.output_size_in_bytes * gib:.3f} GiB, temporaries "
-            f"{mem.temp_size_in_bytes * gib:.3f} GiB")
+    # the same figures bertjax.bench.plan reports for a compiled step
+    return train.memory_line(train.compiled_memory(compiled))
 
 
 def _restore(config: Any, workdir: str, ckpt: ckpt_lib.Checkpointer, state: train.TrainState,
@@ -170,6 +221,8 @@ def _restore(config: Any, workdir: str, ckpt: ckpt_lib.Checkpointer, state: trai
     start = ckpt.latest_step()
     if start is None:
         if config.init_from:
+            if multihost.is_chief():
+                print(init_from_line(config, rundir.resolve(config.init_from)), flush=True)
             state = init_params_from(config.init_from, state, fns.state_shardings)
         return state, 0
     abstract = ckpt_lib.abstract_like(state, fns.state_shardings)
@@ -231,13 +284,19 @@ def _report(config: Any, workdir: str, mesh_shape: dict, metrics_path: str, eval
 def run(config: Any, workdir: str, allow_config_change: bool = False) -> dict[str, Any]:
     """Pre-trains (or resumes) per ``config`` in ``workdir``; returns the final summary."""
     # 1. check
+    source = follow_init_from(config) if config.init_from else None
     shape = config_lib.validate(config, jax.device_count())
+    problem = None
     try:
         inputs.check(config)
+        if source is not None:
+            inputs.check_tokenizer(config, source.tokenizer(), config.init_from)
     except inputs.InputError as e:
-        raise config_lib.ConfigError(str(e)) from None
-    if config.init_from:
-        rundir.resolve(config.init_from)  # a missing or empty one stops here, in one line
+        problem = str(e)
+    # Files can be missing on one host only (its own disk): every host stops, naming it.
+    problem = multihost.any_host_problem(problem)
+    if problem:
+        raise config_lib.ConfigError(problem)
     check_writable(workdir)
     with lock.hold(workdir, chief=multihost.is_chief()), multihost.StopRequests() as stops:
         return _run(config, workdir, allow_config_change, shape, stops)
@@ -253,6 +312,7 @@ def _run(config: Any, workdir: str, allow_config_change: bool, shape: tuple[int,
     # 2. build (after every host agrees on config, code and data files)
     inputs.ensure_prepared(config)
     multihost.check_hosts_agree(host_facts(config))
+    console.log_to(workdir)  # checked and locked: the libraries' lines go to WORKDIR/logs
     train_it, eval_it = inputs.train_iterator(config), inputs.eval_iterator(config)
     mesh = sharding.make_mesh(*shape)
     state, fns = train.build(config, mesh)
@@ -267,13 +327,18 @@ def _run(config: Any, workdir: str, allow_config_change: bool, shape: tuple[int,
     # 4. compile
     first = next(train_it)
     step_fn, batch_sh, eval_fn, eval_sh = _compile(fns, state, first, eval_it, chief)
+    if start == 0 and config.init_from:  # where the continued model starts, held out
+        at_start = evaluate(eval_fn, state.params, eval_it, eval_sh)
+        writer.write(0, "eval", at_start)
+        if chief:
+            print(f"step 0 (config.init_from's parameters): held-out MLM accuracy "
+                  f"{at_start['mlm_accuracy']:.4f}, MLM loss {at_start['mlm_loss']:.4f}",
+                  flush=True)
 
     # 5. train
     tokens = config.global_batch_size * config.max_seq_length
-    progress = None
-    if chief and config.progress_bar:
-        from tqdm import tqdm
-        progress = tqdm(total=config.total_steps, initial=start, unit="step", dynamic_ncols=True)
+    progress = progress_lib.bar(config.total_steps, "step", "pretrain", initial=start,
+                                wanted=config.progress_bar, chief=chief)
     pending, last, last_eval = None, {}, {}
     data_wait, real_tokens = 0.0, 0.0
     batch = first
@@ -289,10 +354,9 @@ def _run(config: Any, workdir: str, allow_config_change: bool, shape: tuple[int,
         values.update(tokens_per_s=rate, data_wait_share=data_wait / elapsed)
         if s % config.log_every == 0 or s == config.total_steps:
             writer.write(s, "train", values)
-        if progress is not None:
-            progress.update(s - progress.n)
-            progress.set_postfix(loss=f"{values['loss']:.3f}",
-                                 mlm_acc=f"{values['mlm_accuracy']:.3f}", tok_s=f"{rate:,.0f}")
+        progress.update(s - progress.n)
+        progress.set_postfix(loss=f"{values['loss']:.3f}",
+                             mlm_acc=f"{values['mlm_accuracy']:.3f}", tok_s=f"{rate:,.0f}")
         return values
 
     try:  # an error mid-loop (non-finite steps, data) prints on its own line, not the bar's
@@ -328,8 +392,7 @@ def _run(config: Any, workdir: str, allow_config_change: bool, shape: tuple[int,
         if pending is not None:
             last = drain(pending)
     finally:
-        if progress is not None:
-            progress.close()
+        progress.close()
     elapsed = time.perf_counter() - t_start
     ckpt.close()
     writer.flush()

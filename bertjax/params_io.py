@@ -24,11 +24,19 @@ from bertjax import rundir
 
 
 def saved_params(state_dir: Any) -> Any:
-    """The tree of parameter metadata (shapes) in a checkpoint's ``state`` item."""
-    import orbax.checkpoint as ocp
+    """The tree of parameter metadata (shapes) in a checkpoint's ``state`` item.
 
-    meta = ocp.PyTreeCheckpointer().metadata(rundir.absolute(state_dir))
-    return getattr(meta, "item_metadata", meta)["params"]
+    Read by the item's own handler: a checkpointer would also look for step metadata inside
+    the item (``state/_CHECKPOINT_METADATA``, which a step keeps one level up) and warn that
+    it is missing."""
+    import orbax.checkpoint as ocp
+    from etils import epath
+
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+        return handler.metadata(epath.Path(rundir.absolute(state_dir)))["params"]
+    finally:
+        handler.close()
 
 
 def check_shapes(saved: Any, params: Any, where: str) -> None:

@@ -3,6 +3,11 @@
 SOURCE is a glob of corpus-format text files, `embedded` (Python stdlib docstrings) or
 `tfds:NAME[:SPLIT]` (read from the local TFDS data dir, never downloaded).
 
+`--vocab=runs/imported` (an import's directory, an HF BERT directory or a vocab.txt) tokenizes
+the corpus as that model does: its WordPiece vocabulary and casing, its special ids, the ids
+BertTokenizer gives; continue its pre-training with `python -m bertjax.pretrain
+--config.init_from=runs/imported --config.data.path=OUTPUT`.
+
 Kept short on purpose: flags in, `bertjax.data.prepare.prepare` does the work. A bad input stops
 with one line on stderr and exit status 2 (the traceback only with --debug). Rerunning the same
 command resumes: complete shards are skipped; metadata.json appears when everything is done.
@@ -19,6 +24,7 @@ from absl import flags, logging
 
 from bertjax import cli
 from bertjax import lock
+from bertjax import progress
 
 _DEBUG = cli.define_debug_flag()
 _INPUT = flags.DEFINE_string(
@@ -27,6 +33,11 @@ _INPUT = flags.DEFINE_string(
 _OUTPUT = flags.DEFINE_string("output", None, "Output directory.")
 _VOCAB = flags.DEFINE_integer("vocab_size", 30522, "Tokenizer pieces to train (specials included).")
 _TOKENIZER = flags.DEFINE_string("tokenizer", None, "Use this sentencepiece .model; do not train.")
+_WORDPIECE = flags.DEFINE_string(
+    "vocab", None, "Tokenize as an imported BERT does: its directory (python -m bertjax.convert "
+    "--from=hf|tf output, or an HF model) or a WordPiece vocab.txt; do not train.")
+_LOWER = flags.DEFINE_bool("do_lower_case", None, "--vocab's casing when no tokenizer_config.json "
+                           "beside it says it: true for uncased vocabularies, false for cased.")
 _TOK_TYPE = flags.DEFINE_enum("tokenizer_type", "unigram", ["unigram", "bpe"],
                               "SentencePiece model type.")
 _SHARDS = flags.DEFINE_integer("num_shards", None, "Output shards (default: a power of two >= 8, "
@@ -64,6 +75,8 @@ def main(argv: list[str]) -> None:
             # workers of one preparation write the same output together: one lock per worker
             mine = (_OUTPUT.value if _WORKERS.value <= 1
                     else f"{_OUTPUT.value}.worker{_WORKER.value}")
+            # no log inside --output: prepared data is copied between hosts and buckets and
+            # compared by listing and checksum; the libraries' lines go to the cache's logs/
             with lock.hold(mine, inside=False, what="--output"):
                 meta = prepare_lib.prepare(prepare_lib.PrepareConfig(
                     input=_INPUT.value, output=_OUTPUT.value, vocab_size=_VOCAB.value,
@@ -72,7 +85,8 @@ def main(argv: list[str]) -> None:
                     worker_index=_WORKER.value, num_workers=_WORKERS.value,
                     processes=_PROCS.value, tfds_data_dir=_TFDS_DIR.value,
                     tfds_text_key=_TFDS_KEY.value, tokenizer_only=_TOK_ONLY.value,
-                    max_documents=_MAX_DOCS.value))
+                    max_documents=_MAX_DOCS.value, vocab=_WORDPIECE.value,
+                    do_lower_case=_LOWER.value), progress=progress.bar)
     except KeyboardInterrupt:
         print("interrupted: complete shards are kept; rerun the same command to resume",
               file=sys.stderr)

@@ -6,6 +6,7 @@ Kept short on purpose: flags, then the library (bertjax/loop.py) does the work.
 from absl import flags
 
 from bertjax import cli
+from bertjax import console
 
 _CONFIG = cli.define_config_file("bert_tiny.py", "Run config file (configs/*.py[:args]).")
 _START_CLUSTER = cli.define_cluster_flags()
@@ -19,6 +20,8 @@ _INIT_TIMEOUT = flags.DEFINE_integer("init_timeout", 300, "Seconds to wait for a
 def main(argv):
     cli.start(argv)
     from bertjax import inputs, loop  # after flag parsing: jax starts here
+
+    console.log_to(_WORKDIR.value, later=True)  # a run that never got to settle its log
 
     with cli.input_errors(_DEBUG.value, inputs.InputError):
         _START_CLUSTER(timeout_s=_INIT_TIMEOUT.value)

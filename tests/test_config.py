@@ -73,8 +73,9 @@ def _cli(*args):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--config.optim.lrr=1"], "--config.optim.lrr: no such config key; did you mean "
-                               "--config.optim.lr?"),
+    (["--config.optim.lrr=1"], "--config.optim.lrr: no such config key; nearest: "
+                               "--config.optim.lr"),
+    (["--config.lr=1"], "--config.lr: no such config key; nearest: --config.optim.lr"),
     (["--config.total_steps=abc"], "--config.total_steps=abc"),
     (["--config.mesh.tensor=4", "--config.mesh.data=2"], "not divisible by config.mesh.tensor=4"),
     (["--config=configs/nope.py"], "--config=configs/nope.py: cannot load"),

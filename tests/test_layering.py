@@ -14,11 +14,11 @@ ROOT = os.path.join(os.path.dirname(__file__), os.pardir, "bertjax")
 LAYERS = {
     "data": 0,
     **dict.fromkeys(("sharding", "multihost", "losses", "optim", "synthetic", "report", "model",
-                     "config", "lock"), 1),
+                     "config", "lock", "console", "progress"), 1),
     **dict.fromkeys(("train", "checkpoint", "rundir", "params_io"), 2),
     **dict.fromkeys(("inputs", "loop", "finetuning", "interop", "bench"), 3),
-    **dict.fromkeys(("cli", "pretrain", "finetune", "glue", "embed", "prepare", "convert",
-                     "api"), 4),
+    **dict.fromkeys(("cli", "helptext", "pretrain", "finetune", "glue", "embed", "prepare",
+                     "convert", "api", "__main__", "plan"), 4),
 }
 # Imports across layer-3 groups that are part of the design: the pre-training loop reads its
 # inputs; the benchmark compares against transformers through the HF parameter mapping; the

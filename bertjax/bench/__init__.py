@@ -8,7 +8,9 @@
   profile   a jax.profiler trace summarised: busy share, time by kind, top kernels (its own
             command: python -m bertjax.bench.profile TRACE);
   report    peak memory, the readable table, the JSON file, errors as one line;
-  ab        the scripts/bench_*.py A/B runs' shared flags, table and ratios.
+  ab        the scripts/bench_*.py A/B runs' shared flags, table and ratios;
+  plan      the train step compiled for a TPU slice (or this host) without running it: memory,
+            fit and knobs, the compiler's time estimate, collectives (python -m bertjax.plan).
 
 Nothing here imports another module that imports it back; runner imports compare only inside
 ``run`` so that a JAX-only host never needs torch. The input pipeline's benchmark is a different

@@ -1,4 +1,4 @@
-"""Benchmark of the bertjax train step: compile time, step time, throughput, MFU and memory.
+r"""Benchmark of the bertjax train step: compile time, step time, throughput, MFU and memory.
 
     python -m bertjax.bench --config=configs/bert_base.py --batch=16 --seq_len=128 \
         [--dtype=bfloat16] [--attention_impl=cudnn --config.model.attention_dropout=0] \
@@ -28,21 +28,16 @@ and optimizer (compare.py). No torch or TensorFlow here: it runs where only JAX 
 
 from __future__ import annotations
 
-import os
-
 from bertjax import config as config_lib
 from bertjax.bench import profile, report, runner
 
 
 def main() -> None:
     """The command line: flags, then ``apply_overrides``, ``run``, the table and the JSON."""
-    from absl import app, flags
+    from absl import flags
 
     from bertjax import cli
-    default = os.path.normpath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir,
-                                            "configs", "bert_tiny.py"))
-    config_flag = cli.define_config(default, lock_config=True,
-                                    help_string="Run config file (configs/*.py[:args]).")
+    config_flag = cli.define_config_file("bert_tiny.py", "Run config file (configs/*.py[:args]).")
     flags.DEFINE_string("preset", None, "Model preset (tiny ... large); default: the config's.")
     flags.DEFINE_integer("batch", None, "Global batch per step; default: the config's.")
     flags.DEFINE_integer("seq_len", None, "Sequence length; default: the config's.")
@@ -67,8 +62,7 @@ def main() -> None:
     f = flags.FLAGS
 
     def run_main(argv: list[str]) -> None:
-        if len(argv) > 1:
-            raise app.UsageError(f"unexpected arguments {argv[1:]}; use --flag=value")
+        cli.start(argv, "use --flag=value")  # as every command: a quiet console
         config = cli.config_value(config_flag)
         optimizer = f.optimizer
         if f.compare and optimizer is None and config.optim.name == "lamb":
@@ -98,9 +92,7 @@ def main() -> None:
             report.write_json(results, f.json)
             print(f"wrote {f.json}")
 
-    from absl import logging
-    logging.set_verbosity(logging.WARNING)  # the table is the output; build() logs at INFO
-    app.run(run_main, flags_parser=cli.parse_flags)
+    cli.run(run_main)  # logs from WARNING up: the table is the output; build() logs at INFO
 
 
 if __name__ == "__main__":

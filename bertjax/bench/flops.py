@@ -21,6 +21,12 @@ PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
     ("H100", 989.0),  # SXM; device_kind "NVIDIA H100 80GB HBM3"
     ("H200", 989.0),  # same chip as the H100 SXM, more memory
     ("A100", 312.0),
+    # Cloud TPU chips (cloud.google.com/tpu/docs/v4, v5e, v5p, v6e); "TPU v5 lite" is v5e and
+    # must come before "TPU v5" (v5p). One chip is one device on these (v4 in megacore mode).
+    ("TPU v5 lite", 197.0),
+    ("TPU v5", 459.0),
+    ("TPU v6 lite", 918.0),
+    ("TPU v4", 275.0),
 )
 
 

@@ -21,6 +21,7 @@ import jax
 
 from bertjax import config as config_lib
 from bertjax import model as model_lib
+from bertjax import progress
 from bertjax import sharding
 from bertjax.bench import flops as flops_lib
 from bertjax.bench import profile as profile_lib
@@ -187,7 +188,8 @@ def run(config: Any, steps: int, warmup: int, compare: bool = False,
                 systems.append(other)
             except Exception as e:  # e.g. torch.compile without a working C++ toolchain
                 failed[other.name] = report.error_line(e)
-    timing.time_rounds(systems, steps)
+    with progress.bar(steps, "round", "bench") as bar:  # a round: one step of every system
+        timing.time_rounds(systems, steps, on_round=bar.update)
     profile = None
     if profile_dir:
         with jax.profiler.trace(profile_dir, create_perfetto_trace=True):

@@ -139,9 +139,11 @@ def warm_up(system: System, n: int) -> None:
         system.step()
 
 
-def time_rounds(systems: list[System], steps: int) -> None:
+def time_rounds(systems: list[System], steps: int,
+                on_round: Callable[[], None] | None = None) -> None:
     """Times ``steps`` rounds; each round times one step of every system, in a rotated order
-    so that no system always runs right after the same neighbour."""
+    so that no system always runs right after the same neighbour. ``on_round`` is called after
+    each round (a progress bar), outside the timed spans."""
     for s in systems:
         s.times = []
     for r in range(steps):
@@ -150,3 +152,5 @@ def time_rounds(systems: list[System], steps: int) -> None:
             t0 = time.perf_counter()
             s.step()
             s.times.append(time.perf_counter() - t0)
+        if on_round is not None:
+            on_round()

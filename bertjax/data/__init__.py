@@ -4,6 +4,7 @@ Nothing under this package imports JAX: it runs on hosts that have only TensorFl
 host-local numpy batches. Modules:
 
   errors       DataError, the single exception type for bad inputs.
+  fs           every file path, local or gs://: etils.epath, plus globs and whole-file writes.
   text         corpus-format text files: whole-file check, documents, byte-ranges, sentences.
   corpus       the embedded default corpus (Python standard-library docstrings).
   tokenizer    sentencepiece training/loading with BERT's special tokens at fixed ids.

@@ -18,9 +18,9 @@ import time
 import numpy as np
 
 from bertjax.data import prepare as prepare_lib
-from bertjax.data import pretraining
+from bertjax.data import pretraining, sources
 from bertjax.data.errors import DataError
-from bertjax.data.tokenizer import MASK_ID, NUM_SPECIAL
+from bertjax.data.tokenizer import NUM_SPECIAL
 
 
 def measure(data: str, seq_len: int, max_predictions: int, batch_size: int, seconds: float,
@@ -68,6 +68,9 @@ def statistics(data: str, seq_len: int, max_predictions: int, min_masked: int = 
     """
     it = pretraining.make_pretraining_iterator(data, batch_size=64, seq_len=seq_len,
                                                max_predictions=max_predictions, **kwargs)
+    source = sources.Source(data, "train")  # special ids where the data's vocabulary has them
+    mask_id, table = source.special_ids["[MASK]"], source.regular_mask()
+    maskable = (lambda ids: ids >= NUM_SPECIAL) if table is None else (lambda ids: table[ids])
     n = regular = as_mask = kept = random_next = examples = length = 0
     while n < min_masked:
         b = next(it)
@@ -76,9 +79,9 @@ def statistics(data: str, seq_len: int, max_predictions: int, min_masked: int = 
         seen = b["input_ids"][rows, b["masked_lm_positions"][used]]
         label = b["masked_lm_ids"][used]
         n += len(label)
-        as_mask += int((seen == MASK_ID).sum())
+        as_mask += int((seen == mask_id).sum())
         kept += int((seen == label).sum())
-        regular += int((b["input_ids"] >= NUM_SPECIAL).sum() + (seen == MASK_ID).sum())
+        regular += int(maskable(b["input_ids"]).sum() + (seen == mask_id).sum())
         random_next += int(b["next_sentence_labels"].sum())
         examples += len(b["input_ids"])
         length += int(b["input_mask"].sum())

@@ -18,6 +18,8 @@ import re
 import sysconfig
 from typing import Iterator
 
+from bertjax.data import fs
+
 # Directories of test suites, demos and vendored packages: code-heavy and sometimes not UTF-8.
 _SKIP_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages",
                         "__pycache__", "lib2to3", "ensurepip", "turtledemo"})
@@ -51,6 +53,7 @@ def _docstrings_in_order(node: ast.AST) -> Iterator[str]:
 
 
 def _stdlib_files(root: str) -> Iterator[str]:
+    # the Python installation this process runs: always local, so the os module reads it
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))
         for name in sorted(filenames):
@@ -100,14 +103,12 @@ def write_embedded_corpus(path: str, max_documents: int | None = None) -> dict[s
     Returns:
       {"documents": ..., "paragraphs": ..., "bytes": ...}.
     """
-    tmp = f"{path}.tmp-{os.getpid()}"
     docs = paragraphs = 0
-    with open(tmp, "w", encoding="utf-8") as f:
+    with fs.atomic_write(path, "w", tmp=f"{path}.tmp-{os.getpid()}") as f:  # UTF-8
         for doc in stdlib_documents():
             if max_documents is not None and docs >= max_documents:
                 break
             f.write("\n".join(doc) + "\n\n")
             docs += 1
             paragraphs += len(doc)
-    os.replace(tmp, path)
-    return {"documents": docs, "paragraphs": paragraphs, "bytes": os.path.getsize(path)}
+    return {"documents": docs, "paragraphs": paragraphs, "bytes": fs.size(path)}

@@ -7,8 +7,11 @@ round(rate * maskable tokens), capped at max_predictions. That is google-researc
 create_masked_lm_predictions, except that a word that does not fit ends the selection instead of
 being skipped (the cumulative sum makes it a vectorised cut); with token masking the two agree.
 
-Maskable tokens are regular pieces (id >= 5): [PAD], [UNK], [CLS], [SEP] and [MASK] never are.
-Chosen tokens become [MASK] 80% of the time, a random regular piece 10%, unchanged 10%.
+Maskable tokens are regular pieces: [PAD], [UNK], [CLS], [SEP] and [MASK] never are (nor a
+WordPiece vocabulary's reserved [unusedN] slots). Which ids those are comes from the data's
+tokenizer (``regular``, ``mask_id``): sentencepiece puts the specials at 0..4, BERT's WordPiece
+vocabularies elsewhere ([MASK]=103). Chosen tokens become [MASK] 80% of the time, a random regular
+piece 10%, unchanged 10%.
 """
 
 from __future__ import annotations
@@ -20,17 +23,21 @@ from bertjax.data.tokenizer import MASK_ID, NUM_SPECIAL
 
 def mask_batch(input_ids: tf.Tensor, seed: tf.Tensor, *, vocab_size: int, max_predictions: int,
                mask_rate: float = 0.15,
-               word_starts: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+               word_starts: tf.Tensor | None = None, mask_id: int = MASK_ID,
+               regular: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
     """Chooses and corrupts the masked positions of a batch.
 
     Args:
-      input_ids: int32 [B, L], unmasked sequences (0 = padding).
+      input_ids: int32 [B, L], unmasked sequences (padding is not regular).
       seed: int64 [2], stateless seed of this batch.
-      vocab_size: random replacements are drawn from [5, vocab_size).
+      vocab_size: without ``regular``, random replacements are drawn from [5, vocab_size).
       max_predictions: P, prediction slots per sequence.
       mask_rate: fraction of maskable tokens to predict.
       word_starts: bool [V] (whole-word masking): True where a piece id begins a word; None
         masks single tokens.
+      mask_id: the [MASK] token's id.
+      regular: bool [V]: True for the pieces that may be masked and drawn as random replacements;
+        None: the sentencepiece layout, ids >= 5 up to vocab_size.
 
     Returns:
       input_ids int32 [B, L] (corrupted), masked_lm_positions int32 [B, P] (ascending, unused
@@ -39,7 +46,10 @@ def mask_batch(input_ids: tf.Tensor, seed: tf.Tensor, *, vocab_size: int, max_pr
     """
     shape = tf.shape(input_ids)
     b, length = shape[0], shape[1]
-    maskable = input_ids >= NUM_SPECIAL  # [B, L]
+    if regular is None:
+        maskable = input_ids >= NUM_SPECIAL  # [B, L]
+    else:
+        maskable = tf.gather(regular, input_ids)  # [B, L]
     n_maskable = tf.reduce_sum(tf.cast(maskable, tf.int32), axis=1)  # [B]
     budget = tf.cast(tf.round(tf.cast(n_maskable, tf.float32) * mask_rate), tf.int32)
     budget = tf.minimum(tf.minimum(tf.maximum(budget, 1), max_predictions), n_maskable)  # [B]
@@ -81,9 +91,15 @@ def mask_batch(input_ids: tf.Tensor, seed: tf.Tensor, *, vocab_size: int, max_pr
     labels = tf.where(used, tf.gather(input_ids, positions, batch_dims=1), 0)
 
     u = tf.random.stateless_uniform([b, length], seeds[1])
-    random_ids = tf.random.stateless_uniform([b, length], seeds[2], minval=NUM_SPECIAL,
-                                             maxval=vocab_size, dtype=tf.int32)
-    corrupted = tf.where(u < 0.8, MASK_ID, tf.where(u < 0.9, random_ids, input_ids))
+    if regular is None:
+        random_ids = tf.random.stateless_uniform([b, length], seeds[2], minval=NUM_SPECIAL,
+                                                 maxval=vocab_size, dtype=tf.int32)
+    else:  # a uniform draw among the regular ids, wherever the vocabulary puts them
+        regular_ids = tf.cast(tf.where(regular)[:, 0], tf.int32)  # [R]
+        pick = tf.random.stateless_uniform([b, length], seeds[2], minval=0,
+                                           maxval=tf.size(regular_ids), dtype=tf.int32)
+        random_ids = tf.gather(regular_ids, pick)
+    corrupted = tf.where(u < 0.8, mask_id, tf.where(u < 0.9, random_ids, input_ids))
     return {
         "input_ids": tf.where(chosen, corrupted, input_ids),
         "masked_lm_positions": positions,

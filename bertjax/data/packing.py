@@ -62,7 +62,7 @@ def _first_fit_decreasing(lens: tf.Tensor, seq_len: int, max_per_row: int):
 
 
 def pack_pairs(tokens: tf.RaggedTensor, seg_a: tf.Tensor, label: tf.Tensor, seq_len: int,
-               max_per_row: int) -> dict[str, tf.Tensor]:
+               max_per_row: int, pad_id: int = 0) -> dict[str, tf.Tensor]:
     """Packs NSP pairs (from pairs.nsp_instances) into rows of `seq_len` tokens.
 
     Args:
@@ -71,6 +71,7 @@ def pack_pairs(tokens: tf.RaggedTensor, seg_a: tf.Tensor, label: tf.Tensor, seq_
       label: int32 [K] NSP labels.
       seq_len: L, the row length.
       max_per_row: M, the most pairs in one row.
+      pad_id: the [PAD] id the rows' tokens are padded with.
 
     Returns:
       tokens, type_ids, position_ids, pack_ids: int32 [R, L] (pack id 1..M per pair, 0 on
@@ -89,16 +90,16 @@ def pack_pairs(tokens: tf.RaggedTensor, seg_a: tf.Tensor, label: tf.Tensor, seq_
     pack_id = tf.repeat(slot + 1, item_lens)
     type_id = tf.cast(position >= tf.repeat(tf.gather(seg_a, items), item_lens), tf.int32)
 
-    def rows(values: tf.Tensor) -> tf.Tensor:
+    def rows(values: tf.Tensor, pad: int = 0) -> tf.Tensor:
         ragged = tf.RaggedTensor.from_value_rowids(values, token_row, nrows=n_rows)
-        return ragged.to_tensor(shape=[None, seq_len])  # [R, L]
+        return ragged.to_tensor(default_value=pad, shape=[None, seq_len])  # [R, L]
 
     start = tf.cumsum(item_lens, exclusive=True)  # [K] offset of each item in the concatenation
     offset = start - tf.gather(tf.math.segment_min(start, row), row)  # [K] offset in its row
     where = tf.stack([row, slot], axis=1)  # [K, 2]
     shape = tf.stack([n_rows, max_per_row])
     return {
-        "tokens": rows(flat), "type_ids": rows(type_id), "position_ids": rows(position),
+        "tokens": rows(flat, pad_id), "type_ids": rows(type_id), "position_ids": rows(position),
         "pack_ids": rows(pack_id),
         "nsp_positions": tf.scatter_nd(where, offset, shape),
         "nsp_labels": tf.scatter_nd(where, tf.gather(label, items), shape),

@@ -82,7 +82,8 @@ def _truncate(la: tf.Tensor, lb: tf.Tensor, max_tokens: int, seed: tf.Tensor):
 
 
 def nsp_instances(tokens: tf.RaggedTensor, lengths: tf.RaggedTensor, seed: tf.Tensor,
-                  seq_len: int, short_seq_prob: float = 0.1) -> dict[str, tf.Tensor]:
+                  seq_len: int, short_seq_prob: float = 0.1, cls_id: int = CLS_ID,
+                  sep_id: int = SEP_ID) -> dict[str, tf.Tensor]:
     """NSP pairs from a group of documents; random-next segments come from another document of it.
 
     All documents advance together, one instance per loop iteration, so the loop runs as many
@@ -94,6 +95,7 @@ def nsp_instances(tokens: tf.RaggedTensor, lengths: tf.RaggedTensor, seed: tf.Te
       seed: int64 [2], stateless seed of this group.
       seq_len: output length including [CLS] and two [SEP].
       short_seq_prob: probability of a random shorter target length.
+      cls_id, sep_id: the ids of [CLS] and [SEP] in the data's vocabulary.
 
     Returns:
       tokens: ragged int32 [K, None] "[CLS] A [SEP] B [SEP]"; seg_a: int32 [K] length of
@@ -161,20 +163,22 @@ def nsp_instances(tokens: tf.RaggedTensor, lengths: tf.RaggedTensor, seed: tf.Te
     a = _ranges_to_ragged(flat, a_lo + af, a_hi - ab)
     b = _ranges_to_ragged(flat, b_lo + bf, b_hi - bb)
     k = tf.shape(rows)[0]
-    cls = tf.RaggedTensor.from_tensor(tf.fill([k, 1], CLS_ID))
-    sep = tf.RaggedTensor.from_tensor(tf.fill([k, 1], SEP_ID))
+    cls = tf.RaggedTensor.from_tensor(tf.fill([k, 1], cls_id))
+    sep = tf.RaggedTensor.from_tensor(tf.fill([k, 1], sep_id))
     return {"tokens": tf.concat([cls, a, sep, b, sep], axis=1),
             "seg_a": tf.cast(a.row_lengths(), tf.int32) + 2, "label": label}
 
 
 def packed_sequences(tokens: tf.RaggedTensor, lengths: tf.RaggedTensor,
-                     seq_len: int) -> dict[str, tf.Tensor]:
+                     seq_len: int, cls_id: int = CLS_ID, sep_id: int = SEP_ID
+                     ) -> dict[str, tf.Tensor]:
     """Whole sentences of a batch of documents packed greedily into "[CLS] ... [SEP]" sequences.
 
     Args:
       tokens: ragged int32 [D, None], the documents' tokens in stream order.
       lengths: ragged int32 [D, None], their sentence lengths.
       seq_len: output length including [CLS] and [SEP].
+      cls_id, sep_id: the ids of [CLS] and [SEP] in the data's vocabulary.
 
     Returns:
       tokens: ragged int32 [K, None]; seg_a: int32 [K] (the whole length: one segment);
@@ -184,7 +188,7 @@ def packed_sequences(tokens: tf.RaggedTensor, lengths: tf.RaggedTensor,
     # An extra [SEP] ends every document but the last, counted with its last sentence.
     d = tokens.nrows(out_type=tf.int32)
     not_last = tf.range(d) < d - 1
-    sep = tf.ragged.boolean_mask(tf.fill([d, 1], SEP_ID), tf.expand_dims(not_last, 1))
+    sep = tf.ragged.boolean_mask(tf.fill([d, 1], sep_id), tf.expand_dims(not_last, 1))
     sep = sep.with_row_splits_dtype(tokens.row_splits.dtype)
     flat = tf.concat([tokens, sep], axis=1).flat_values
     doc_len = tf.cast(lengths.row_lengths(), tf.int32)
@@ -208,8 +212,8 @@ def packed_sequences(tokens: tf.RaggedTensor, lengths: tf.RaggedTensor,
     rows = tf.reshape(arrays.stack(), [-1, 2])
     body_tokens = _ranges_to_ragged(flat, rows[:, 0], rows[:, 1])
     k = tf.shape(rows)[0]
-    cls = tf.RaggedTensor.from_tensor(tf.fill([k, 1], CLS_ID))
-    end = tf.RaggedTensor.from_tensor(tf.fill([k, 1], SEP_ID))
+    cls = tf.RaggedTensor.from_tensor(tf.fill([k, 1], cls_id))
+    end = tf.RaggedTensor.from_tensor(tf.fill([k, 1], sep_id))
     seq = tf.concat([cls, body_tokens, end], axis=1)
     return {"tokens": seq, "seg_a": tf.cast(seq.row_lengths(), tf.int32),
             "label": tf.zeros([k], tf.int32)}

@@ -2,7 +2,10 @@
 
 Layout of the output directory:
 
-  tokenizer.model                   sentencepiece model (specials at ids 0..4)
+  tokenizer.model                   sentencepiece model (specials at ids 0..4), or, prepared with
+  vocab.txt, tokenizer_config.json  --vocab, an imported model's WordPiece vocabulary and casing
+                                    (special ids where that vocabulary has them: metadata.json's
+                                    special_ids), tokenized id for id as BertTokenizer does
   train-SSSSS-of-NNNNN.tfrecord     training documents of shard S
   eval-SSSSS-of-NNNNN.tfrecord      held-out documents of shard S (chosen by a hash of the text)
   shards/SSSSS.json                 per-shard completion record: counts, sizes, sha256
@@ -29,28 +32,32 @@ records). A damaged directory is named in one DataError line, never read as if i
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import json
 import multiprocessing
 import os
 import re
 import sys
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
+from bertjax.data import fs
 from bertjax.data import records
 from bertjax.data import text
 from bertjax.data import tokenizer as tok_lib
-from bertjax.data.errors import DataError
+from bertjax.data import wordpiece as wordpiece_lib
+from bertjax.data.errors import DataError, import_tfds
 
 FORMAT = "bertjax-documents/1"
 METADATA = "metadata.json"
 TOKENIZER = "tokenizer.model"
+VOCAB = "vocab.txt"  # a WordPiece preparation's tokenizer (--vocab), with tokenizer_config.json
+WORDPIECE = "wordpiece"  # metadata.json's tokenizer_type of such a preparation
 _SHARD_BYTES = 32 << 20  # automatic shard count: about one shard per 32 MB of text
 # Fewer documents give no NSP partner from another document and no held-out split: a corpus of
 # one line, or text without the blank lines that separate documents.
 MIN_DOCUMENTS = 2
 _GIVEN = "given (--tokenizer)"  # prepare_config.json's "tokenizer" when a model was passed
+_GIVEN_VOCAB = "wordpiece (--vocab)"  # ... and when a WordPiece vocabulary was
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # The fix for a damaged prepared directory: a rerun redoes shards whose file is missing or of
 # another size and writes metadata.json anew from the shards' records.
@@ -95,6 +102,10 @@ class PrepareConfig:
     tokenizer_sentences: int = 2_000_000
     tokenizer_only: bool = False
     max_documents: int | None = None  # embedded corpus only: keep the first N documents (tests)
+    # A WordPiece vocab.txt, or a directory holding one (an import, an HF model): tokenize as
+    # that model does, casing from the tokenizer_config.json beside it (or do_lower_case).
+    vocab: str | None = None
+    do_lower_case: bool | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +146,7 @@ def is_eval(doc_id: int, fraction: float) -> bool:
 
 def _tfds_documents(name: str, split: str, data_dir: str | None, key: str, shard: int,
                     num_shards: int, lo: int | None, hi: int | None) -> Iterator[list[str]]:
-    import tensorflow_datasets as tfds
+    tfds = import_tfds()
 
     builder = tfds.builder(name, data_dir=data_dir)
     if lo is None:
@@ -159,17 +170,16 @@ def _documents(source: _Source) -> Iterator[list[str]]:
 
 def _sha256(path: str) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with fs.path(path).open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
 
 
 def _write_json(path: str, value: Any) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    # the process id in the temporary name: workers of one preparation may finish together
+    fs.write_atomic(path, json.dumps(value, indent=1, sort_keys=True),
+                       tmp=f"{path}.tmp-{os.getpid()}")
 
 
 def _init_process() -> None:
@@ -182,17 +192,18 @@ def _run_job(job: _Job) -> dict:
     _init_process()
     import tensorflow as tf
 
-    tok = tok_lib.Tokenizer.load(job.tokenizer_path)
+    tok = load_tokenizer(job.tokenizer_path)
+    encode = tok.encode_batch if isinstance(tok, wordpiece_lib.WordPieceTokenizer) else tok.encode
     stats, writers, tmp = {}, {}, {}
     for split in ("train", "eval"):
         final = os.path.join(job.output, shard_name(split, job.shard, job.num_shards))
         tmp[split] = f"{final}.tmp-{os.getpid()}"
-        writers[split] = tf.io.TFRecordWriter(tmp[split])
+        writers[split] = tf.io.TFRecordWriter(tmp[split])  # TensorFlow's own gs:// support
         stats[split] = {"file": os.path.basename(final), "shard": job.shard, "documents": 0,
                         "sentences": 0, "tokens": 0}
     for lines in _documents(job.source):
         doc_id = document_hash("\n".join(lines))
-        sentences = [ids for ids in tok.encode(text.document_sentences(lines)) if ids]
+        sentences = [ids for ids in encode(text.document_sentences(lines)) if ids]
         if not sentences:
             continue
         split = "eval" if is_eval(doc_id, job.eval_fraction) else "train"
@@ -203,17 +214,21 @@ def _run_job(job: _Job) -> dict:
             "sentence_lengths": tf.train.Feature(int64_list=tf.train.Int64List(
                 value=[len(ids) for ids in sentences])),
         }
+        # deterministic: the same map order in every process, so every host that prepares the
+        # same text writes the same bytes (the hosts' agreement compares their sha256)
         writers[split].write(tf.train.Example(
-            features=tf.train.Features(feature=feature)).SerializeToString())
+            features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True))
         s = stats[split]
         s["documents"] += 1
         s["sentences"] += len(sentences)
         s["tokens"] += sum(len(ids) for ids in sentences)
     for split in ("train", "eval"):
         writers[split].close()
-        stats[split]["bytes"] = os.path.getsize(tmp[split])
+        stats[split]["bytes"] = fs.size(tmp[split])
         stats[split]["sha256"] = _sha256(tmp[split])
-        os.replace(tmp[split], os.path.join(job.output, stats[split]["file"]))
+        # locally an atomic rename; on gs:// a copy and a delete, and the shard's record
+        # below is what marks it complete either way
+        fs.path(tmp[split]).replace(os.path.join(job.output, stats[split]["file"]))
     record = {"shard": job.shard, **stats}
     _write_json(os.path.join(job.output, "shards", f"{job.shard:05d}.json"), record)
     return record
@@ -223,11 +238,10 @@ def _shard_done(output: str, shard: int) -> dict | None:
     """The shard's completion record if it and the files it lists are in place, else None."""
     path = os.path.join(output, "shards", f"{shard:05d}.json")
     try:
-        with open(path) as f:
-            record = json.load(f)
+        record = json.loads(fs.path(path).read_text())
         for split in ("train", "eval"):
             path = os.path.join(output, record[split]["file"])
-            if os.path.getsize(path) != record[split]["bytes"]:
+            if fs.size(path) != record[split]["bytes"]:
                 return None
     except (OSError, ValueError, KeyError):
         return None
@@ -239,7 +253,7 @@ def _resolve_sources(cfg: PrepareConfig) -> tuple[list[_Source], str]:
     if cfg.input.startswith("tfds:"):
         parts = cfg.input[5:].split(":")
         name, split = parts[0], (parts[1] if len(parts) > 1 else "train")
-        import tensorflow_datasets as tfds
+        tfds = import_tfds()
 
         try:
             builder = tfds.builder(name, data_dir=cfg.tfds_data_dir)
@@ -263,9 +277,9 @@ def _resolve_sources(cfg: PrepareConfig) -> tuple[list[_Source], str]:
     if cfg.input == "embedded":
         from bertjax.data import corpus
 
-        os.makedirs(cfg.output, exist_ok=True)
+        fs.path(cfg.output).mkdir(parents=True, exist_ok=True)
         path = os.path.join(cfg.output, "embedded_corpus.txt")
-        if not os.path.exists(path):
+        if not fs.path(path).exists():
             corpus.write_embedded_corpus(path, max_documents=cfg.max_documents)
         files = [path]
     else:
@@ -321,33 +335,39 @@ def _check_config(cfg: PrepareConfig) -> None:
         raise DataError(f"--vocab_size {cfg.vocab_size} is out of range (expected "
                         f"{tok_lib.NUM_SPECIAL + 1} to {tok_lib.MAX_VOCAB_SIZE}; BERT uses 30522); "
                         "pass a smaller --vocab_size")
+    if cfg.tokenizer and cfg.vocab:
+        raise DataError(f"--tokenizer {cfg.tokenizer} and --vocab {cfg.vocab} both name a "
+                        "tokenizer (expected one: a sentencepiece .model, or a WordPiece vocab of "
+                        "an imported model); pass only one of them")
     if cfg.tokenizer:
         tok_lib.Tokenizer.load(cfg.tokenizer)  # a bad --tokenizer stops before --output is made
+    if cfg.vocab:
+        wordpiece_source(cfg.vocab, cfg.do_lower_case)  # so does a bad --vocab
     _check_output(cfg.output)
 
 
 def _check_output(output: str) -> None:
     """DataError unless ``output`` is a directory, or can be created as one, that this process
     may write to; creates nothing."""
-    if os.path.exists(output) and not os.path.isdir(output):
+    out = fs.path(output)
+    if out.exists() and not out.is_dir():
         raise DataError(f"--output {output} is an existing file (expected a directory for the "
                         "shards: a new one, or one an earlier run of this command wrote); pass "
                         "another --output")
-    parent = os.path.abspath(output)
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
+    parent = fs.nearest_existing(output)
+    if parent is None:  # gs://: no directories to create; a refusal shows at the first write
+        return
+    if not fs.path(parent).is_dir():
         raise DataError(f"--output {output} cannot be created: {parent} is a file, not a "
                         "directory; pass another --output")
-    if not os.access(parent, os.W_OK | os.X_OK):
+    if not fs.writable_dir(parent):
         raise DataError(f"--output {output} is not writable ({parent}: permission denied); pass "
                         "a directory you can write to")
 
 
 def _read_json(path: str, what: str) -> Any:
     try:
-        with open(path) as f:
-            return json.load(f)
+        return json.loads(fs.path(path).read_text())
     except (OSError, ValueError) as e:  # ValueError: bad JSON or bytes that are not text
         reason = getattr(e, "strerror", None) or str(e).splitlines()[0][:120]
         raise DataError(f"{path} is unreadable or not JSON ({reason}); {what}") from None
@@ -358,7 +378,7 @@ def _settings(cfg: PrepareConfig, num_shards: int) -> dict:
     return {"input": cfg.input, "num_shards": num_shards, "eval_fraction": cfg.eval_fraction,
             "max_documents": cfg.max_documents,
             "tfds_text_key": cfg.tfds_text_key if cfg.input.startswith("tfds:") else None,
-            "tokenizer": _GIVEN if cfg.tokenizer else
+            "tokenizer": _GIVEN if cfg.tokenizer else _GIVEN_VOCAB if cfg.vocab else
             f"{cfg.tokenizer_type}, vocab_size {cfg.vocab_size}",
             # Which worker writes which shard. A --tokenizer_only run leaves it open for the
             # workers that follow it (None), whatever --num_workers it was given.
@@ -370,7 +390,7 @@ def _claim_output(cfg: PrepareConfig, num_shards: int) -> None:
     (a finished directory included: its metadata.json is never rewritten for other settings)."""
     settings = _settings(cfg, num_shards)
     path = os.path.join(cfg.output, "prepare_config.json")
-    if not os.path.exists(path):
+    if not fs.path(path).exists():
         _write_json(path, settings)
         return
     before = _read_json(path, f"it records the settings {cfg.output} was started with: use "
@@ -378,7 +398,7 @@ def _claim_output(cfg: PrepareConfig, num_shards: int) -> None:
     if not isinstance(before, dict):
         raise DataError(f"{path} holds {type(before).__name__}, expected the settings object "
                         f"prepare writes; use another --output")
-    if "tokenizer" not in before and os.path.exists(os.path.join(cfg.output, METADATA)):
+    if "tokenizer" not in before and fs.path(os.path.join(cfg.output, METADATA)).exists():
         # Written by a bertjax that did not record the tokenizer: the finished metadata did.
         try:
             meta = load_metadata(cfg.output)
@@ -393,7 +413,7 @@ def _claim_output(cfg: PrepareConfig, num_shards: int) -> None:
         was = before[key]
         if key == "num_workers" and None in (was, now):
             continue
-        if key == "tokenizer" and now == _GIVEN:
+        if key == "tokenizer" and now == _GIVEN and was != _GIVEN_VOCAB:
             continue  # _get_tokenizer compares the given model with tokenizer.model itself
         if was != now:
             changed[key] = (was, now)
@@ -405,16 +425,105 @@ def _claim_output(cfg: PrepareConfig, num_shards: int) -> None:
         _write_json(path, {**before, "num_workers": settings["num_workers"]})
 
 
-def _get_tokenizer(cfg: PrepareConfig, sources: list[_Source]) -> tok_lib.Tokenizer:
+def load_tokenizer(path: str) -> Any:
+    """The tokenizer a prepared directory's file holds: a WordPiece ``vocab.txt`` (casing from
+    the tokenizer_config.json beside it) or a sentencepiece model; either has ``special_ids``,
+    ``word_start_mask()`` and ``regular_mask()``."""
+    if os.path.basename(path) == VOCAB:
+        try:
+            return wordpiece_lib.WordPieceTokenizer.from_dir(os.path.dirname(path))
+        except (FileNotFoundError, ValueError) as e:
+            raise DataError(f"{path}: {e}") from None
+    return tok_lib.Tokenizer.load(path)
+
+
+def wordpiece_source(vocab: str, do_lower_case: bool | None = None) -> tuple[str, dict]:
+    """The vocab.txt a ``--vocab`` names and the casing to tokenize with, checked.
+
+    Args:
+      vocab: a WordPiece vocab.txt, or a directory holding one (an import made by
+        ``python -m bertjax.convert --from=hf|tf``, an HF BERT directory).
+      do_lower_case: overrides the tokenizer_config.json beside the vocabulary; needed when
+        there is none (a wrong guess silently maps most cased words to [UNK]).
+
+    Returns:
+      (the vocab.txt path, {do_lower_case, strip_accents, tokenize_chinese_chars}).
+
+    Raises:
+      DataError: one line: no such file, no casing, a repeated token or a special token missing.
+    """
+    path = os.path.join(vocab, VOCAB) if fs.path(vocab).is_dir() else vocab
+    if not fs.is_file(path):
+        raise DataError(f"--vocab {vocab}: {path} does not exist (expected a WordPiece vocab.txt, "
+                        "or a directory holding one such as an import made by python -m "
+                        "bertjax.convert --from=hf); check the path")
+    try:
+        settings = wordpiece_lib.read_tokenizer_config(os.path.dirname(path))
+        with fs.path(path).open("r") as f:  # UTF-8
+            tokens = [line.rstrip("\n") for line in f]
+    except (OSError, ValueError) as e:  # ValueError: a config that is not JSON, bytes not UTF-8
+        raise DataError(f"--vocab {vocab}: cannot read {path} or the tokenizer_config.json "
+                        f"beside it ({str(e).splitlines()[0][:120]}); pass the vocabulary of a "
+                        "BERT checkpoint") from None
+    if do_lower_case is not None:
+        settings["do_lower_case"] = do_lower_case
+    if settings.get("do_lower_case") is None:
+        raise DataError(f"--vocab {vocab}: nothing beside {path} says whether the model is cased "
+                        "(expected a tokenizer_config.json with do_lower_case); pass "
+                        "--do_lower_case=true for an uncased vocabulary or false for a cased one")
+    first: dict[str, int] = {}
+    for i, token in enumerate(tokens):
+        if token in first:
+            raise DataError(f"--vocab {vocab}: {path} lists {token!r} twice (lines {first[token] + 1} "
+                            f"and {i + 1}; expected each token once, the line number being its "
+                            "id); pass the checkpoint's own vocab.txt")
+        first[token] = i
+    absent = [t for t in wordpiece_lib.SPECIAL_TOKENS if t not in first]
+    if absent:
+        raise DataError(f"--vocab {vocab}: {path} lacks the special tokens {absent} (expected "
+                        f"all of {list(wordpiece_lib.SPECIAL_TOKENS)}, as every BERT vocabulary "
+                        "has); pass a BERT WordPiece vocab.txt")
+    return path, {"do_lower_case": bool(settings["do_lower_case"]),
+                  "strip_accents": settings.get("strip_accents"),
+                  "tokenize_chinese_chars": bool(settings.get("tokenize_chinese_chars", True))}
+
+
+def _casing_of(directory: str) -> dict:
+    """The WordPiece casing settings a directory's tokenizer_config.json records."""
+    settings = wordpiece_lib.read_tokenizer_config(directory)
+    return {"do_lower_case": settings.get("do_lower_case"),
+            "strip_accents": settings.get("strip_accents"),
+            "tokenize_chinese_chars": settings.get("tokenize_chinese_chars", True)}
+
+
+def _get_wordpiece(cfg: PrepareConfig) -> wordpiece_lib.WordPieceTokenizer:
+    """--vocab: the vocabulary and its casing copied into --output (vocab.txt and the HF
+    tokenizer files), or, on a rerun, checked to be those it was started with."""
+    source, settings = wordpiece_source(cfg.vocab, cfg.do_lower_case)
+    path = os.path.join(cfg.output, VOCAB)
+    if fs.path(path).exists() and fs.path(os.path.join(cfg.output,
+                                                       "tokenizer_config.json")).exists():
+        if _sha256(path) != _sha256(source) or _casing_of(cfg.output) != settings:
+            raise DataError(f"--output {cfg.output} was prepared with another WordPiece "
+                            f"vocabulary or casing ({_casing_of(cfg.output)}) than --vocab "
+                            f"{cfg.vocab} ({settings}); use a new --output")
+    else:  # vocab.txt first, the casing last: a directory without the casing is rewritten
+        wordpiece_lib.write_tokenizer_files(cfg.output, source, **settings)
+    return load_tokenizer(path)
+
+
+def _get_tokenizer(cfg: PrepareConfig, sources: list[_Source]) -> Any:
+    if cfg.vocab:
+        return _get_wordpiece(cfg)
     path = os.path.join(cfg.output, TOKENIZER)
     if cfg.tokenizer:
         tok = tok_lib.Tokenizer.load(cfg.tokenizer)
-        if not os.path.exists(path):
+        if not fs.path(path).exists():
             tok.save(path)
         elif tok_lib.Tokenizer.load(path).sha256() != tok.sha256():
             raise DataError(f"{path} differs from --tokenizer {cfg.tokenizer}; use a new --output")
         return tok_lib.Tokenizer.load(path)
-    if os.path.exists(path):
+    if fs.path(path).exists():
         return tok_lib.Tokenizer.load(path)  # a rerun keeps the tokenizer it started with
     if cfg.num_workers > 1:
         raise DataError(f"{cfg.num_workers} workers need one shared tokenizer, and {path} does not "
@@ -431,11 +540,13 @@ def _get_tokenizer(cfg: PrepareConfig, sources: list[_Source]) -> tok_lib.Tokeni
     return tok
 
 
-def prepare(cfg: PrepareConfig) -> dict | None:
+def prepare(cfg: PrepareConfig, progress: Callable[..., Any] | None = None) -> dict | None:
     """Runs (or resumes) this worker's share of the preparation.
 
     Args:
       cfg: the run's settings.
+      progress: a progress bar factory, called as ``progress(total, unit, desc)`` (the
+        commands pass bertjax.progress.bar); None: no bar.
 
     Returns:
       The metadata dict once every shard of every worker is complete, else None (other workers
@@ -444,7 +555,7 @@ def prepare(cfg: PrepareConfig) -> dict | None:
     _check_config(cfg)
     sources, description = _resolve_sources(cfg)
     num_shards = len(sources)
-    os.makedirs(os.path.join(cfg.output, "shards"), exist_ok=True)
+    fs.path(os.path.join(cfg.output, "shards")).mkdir(parents=True, exist_ok=True)
     _claim_output(cfg, num_shards)
     tok = _get_tokenizer(cfg, sources)
     if cfg.tokenizer_only:
@@ -452,41 +563,50 @@ def prepare(cfg: PrepareConfig) -> dict | None:
     mine = [s for s in range(num_shards) if s % cfg.num_workers == cfg.worker_index]
     for s in mine:  # partial files of an interrupted run of this worker
         pattern = f"*-{s:05d}-of-{num_shards:05d}.tfrecord.tmp-*"
-        for stale in glob.glob(os.path.join(cfg.output, pattern)):
-            os.remove(stale)
+        for stale in fs.glob(os.path.join(cfg.output, pattern)):
+            fs.path(stale).unlink()
     todo = [s for s in mine if _shard_done(cfg.output, s) is None]
     print(f"worker {cfg.worker_index}/{cfg.num_workers}: {len(mine)} of {num_shards} shards, "
           f"{len(mine) - len(todo)} already complete", file=sys.stderr)
-    jobs = [_Job(s, num_shards, sources[s], cfg.output, os.path.join(cfg.output, TOKENIZER),
-                 cfg.eval_fraction) for s in todo]
-    _run_jobs(jobs, cfg.processes or os.cpu_count() or 1)
+    tok_file = os.path.join(cfg.output, VOCAB if cfg.vocab else TOKENIZER)
+    jobs = [_Job(s, num_shards, sources[s], cfg.output, tok_file, cfg.eval_fraction)
+            for s in todo]
+    _run_jobs(jobs, cfg.processes or os.cpu_count() or 1, progress)
     records = [_shard_done(cfg.output, s) for s in range(num_shards)]
     if any(r is None for r in records):
         return None
     return _write_metadata(cfg, description, tok, records)
 
 
-def _run_jobs(jobs: list[_Job], processes: int) -> None:
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(jobs), unit="shard", file=sys.stderr, disable=not jobs)
+def _run_jobs(jobs: list[_Job], processes: int, progress: Callable[..., Any] | None) -> None:
+    """Runs the shard jobs (in a pool of ``processes`` when there are several), with a bar of
+    shards done and training tokens written when ``progress`` makes one."""
+    bar = progress(len(jobs), "shard", "prepare") if progress is not None and jobs else None
     tokens = 0
-    if processes <= 1 or len(jobs) <= 1:
-        for job in jobs:  # in-process: also what tests use with tfds.testing.mock_data
-            tokens += _run_job(job)["train"]["tokens"]
+
+    def done(record: dict) -> None:
+        nonlocal tokens
+        tokens += record["train"]["tokens"]
+        if bar is not None:
             bar.update(1)
-            bar.set_postfix(train_tokens=tokens)
-    else:
-        # spawn, not fork: the parent may hold TensorFlow threads, which fork does not copy safely.
-        with multiprocessing.get_context("spawn").Pool(min(processes, len(jobs))) as pool:
-            for record in pool.imap_unordered(_run_job, jobs):
-                tokens += record["train"]["tokens"]
-                bar.update(1)
-                bar.set_postfix(train_tokens=tokens)
-    bar.close()
+            bar.set_postfix(train_tokens=f"{tokens:,}")
+
+    try:  # the bar is closed first: an error prints on a line of its own
+        if processes <= 1 or len(jobs) <= 1:
+            for job in jobs:  # in-process: also what tests use with tfds.testing.mock_data
+                done(_run_job(job))
+        else:
+            # spawn, not fork: the parent may hold TensorFlow threads, which fork does not
+            # copy safely.
+            with multiprocessing.get_context("spawn").Pool(min(processes, len(jobs))) as pool:
+                for record in pool.imap_unordered(_run_job, jobs):
+                    done(record)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
-def _write_metadata(cfg: PrepareConfig, description: str, tok: tok_lib.Tokenizer,
+def _write_metadata(cfg: PrepareConfig, description: str, tok: Any,
                     records: list[dict]) -> dict:
     splits = {}
     for split in ("train", "eval"):
@@ -496,11 +616,15 @@ def _write_metadata(cfg: PrepareConfig, description: str, tok: tok_lib.Tokenizer
         splits[split] = {"shards": shards, **totals}
     meta = {
         "format": FORMAT, "input": description, "tokenizer": TOKENIZER,
-        "tokenizer_sha256": tok.sha256(), "tokenizer_type": cfg.tokenizer_type if not cfg.tokenizer
+        "tokenizer_sha256": "" if cfg.vocab else tok.sha256(), "tokenizer_type": cfg.tokenizer_type if not cfg.tokenizer
         else "given", "vocab_size": tok.vocab_size, "requested_vocab_size": cfg.vocab_size,
         "special_ids": dict(tok_lib.SPECIAL_TOKENS), "num_shards": len(records),
         "eval_fraction": cfg.eval_fraction, "splits": splits,
     }
+    if cfg.vocab:  # the ids are the imported model's: its vocabulary, casing and special ids
+        meta.update(tokenizer=VOCAB, tokenizer_sha256=_sha256(os.path.join(cfg.output, VOCAB)),
+                    tokenizer_type=WORDPIECE, requested_vocab_size=tok.vocab_size,
+                    special_ids=tok.special_ids, wordpiece=_casing_of(cfg.output))
     _write_json(os.path.join(cfg.output, METADATA), meta)
     return meta
 
@@ -516,11 +640,12 @@ def load_metadata(data_dir: str) -> dict:
       The metadata dict: every key the readers use is present with the right type, and every
       file it names is a plain name inside ``data_dir``.
     """
-    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+    root = fs.path(data_dir)
+    if root.exists() and not root.is_dir():
         raise DataError(f"{data_dir} is a file (expected the directory python -m bertjax.prepare "
                         f"wrote, which holds {METADATA}); pass that directory")
     path = os.path.join(data_dir, METADATA)
-    if not os.path.exists(path):
+    if not fs.path(path).exists():
         raise DataError(f"{data_dir} has no {METADATA}, so its preparation is incomplete or it is "
                         "not a prepared directory; (re)run python -m bertjax.prepare --output "
                         f"{data_dir} with the same flags")
@@ -553,6 +678,15 @@ def _metadata_problem(meta: dict) -> str | None:
         return f"tokenizer_sha256 is {meta['tokenizer_sha256']!r}, expected 64 hex digits"
     if meta["vocab_size"] <= tok_lib.NUM_SPECIAL:
         return f"vocab_size is {meta['vocab_size']}, expected more than {tok_lib.NUM_SPECIAL}"
+    special = meta.get("special_ids")  # the pipeline reads [CLS] [SEP] [PAD] [MASK] from here
+    if special is not None and (not isinstance(special, dict) or set(special) != set(
+            tok_lib.SPECIAL_TOKENS) or not all(isinstance(v, int) and not isinstance(v, bool) and
+                                               0 <= v < meta["vocab_size"]
+                                               for v in special.values())):
+        return (f"special_ids is {special!r}, expected the ids of {list(tok_lib.SPECIAL_TOKENS)} "
+                f"below vocab_size={meta['vocab_size']}")
+    if meta.get("tokenizer_type") == WORDPIECE and not isinstance(meta.get(WORDPIECE), dict):
+        return f"{WORDPIECE} is {meta.get(WORDPIECE)!r}, expected the casing settings object"
     for split in ("train", "eval"):
         shards = meta["splits"].get(split, {}).get("shards") \
             if isinstance(meta["splits"].get(split), dict) else None
@@ -581,13 +715,13 @@ def shard_files(data_dir: str, meta: dict, split: str) -> list[str]:
     paths = []
     for shard in meta["splits"][split]["shards"]:
         path = os.path.join(data_dir, shard["file"])
-        if os.path.isdir(path):
+        if fs.path(path).is_dir():
             raise DataError(f"{path} is a directory (expected the TFRecord shard {METADATA} names, "
                             f"{shard['bytes']} bytes); {_DAMAGED}")
-        if not os.path.isfile(path):
+        if not fs.is_file(path):
             raise DataError(f"{path} is missing (expected the TFRecord shard {METADATA} names, "
                             f"{shard['bytes']} bytes: an incomplete copy?); {_DAMAGED}")
-        size = os.path.getsize(path)
+        size = fs.size(path)
         if size != shard["bytes"]:
             raise DataError(f"{path} has {size} bytes, {METADATA} records {shard['bytes']} (an "
                             f"incomplete copy or a damaged file); {_DAMAGED}")
@@ -595,12 +729,16 @@ def shard_files(data_dir: str, meta: dict, split: str) -> list[str]:
     return paths
 
 
-def check_tokenizer(data_dir: str, meta: dict) -> tok_lib.Tokenizer:
-    """Loads a prepared directory's tokenizer after checking it against metadata: its sha256
-    (a truncated or replaced model) and its piece count (an edited vocab_size, which would let
-    ids outside the model's embedding table through)."""
+def check_tokenizer(data_dir: str, meta: dict) -> int:
+    """Checks a prepared directory's tokenizer against metadata: its sha256 (a truncated or
+    replaced model), its piece count (an edited vocab_size, which would let ids outside the
+    model's embedding table through) and, for WordPiece, the casing the shards were made with.
+
+    Returns:
+      The tokenizer's piece count (a WordPiece vocabulary's is counted, not loaded).
+    """
     path = os.path.join(data_dir, meta["tokenizer"])
-    if not os.path.isfile(path):
+    if not fs.is_file(path):
         raise DataError(f"{path} is missing or not a file (expected the tokenizer {METADATA} "
                         f"names); copy the directory again or prepare the data anew")
     try:
@@ -613,13 +751,53 @@ def check_tokenizer(data_dir: str, meta: dict) -> tok_lib.Tokenizer:
                         f"{meta['tokenizer_sha256'][:12]}...: the file is damaged or was "
                         "replaced, and the shards' ids belong to the recorded one); copy it again "
                         "from where the data was prepared, or prepare the data anew")
-    tok = tok_lib.Tokenizer.load(path)
-    if tok.vocab_size != meta["vocab_size"]:
+    if meta.get("tokenizer_type") == WORDPIECE:
+        casing = _casing_of(data_dir)
+        if casing != meta.get(WORDPIECE):
+            raise DataError(f"{os.path.join(data_dir, 'tokenizer_config.json')} says {casing} "
+                            f"but {METADATA} records {meta.get(WORDPIECE)}, the casing the shards "
+                            "were tokenized with; copy the directory again or prepare it anew")
+        count = len(wordpiece_lib.load_vocab(path))
+    else:
+        count = tok_lib.Tokenizer.load(path).vocab_size
+    if count != meta["vocab_size"]:
         raise DataError(f"{os.path.join(data_dir, METADATA)} says vocab_size {meta['vocab_size']} "
-                        f"but {path} has {tok.vocab_size} pieces (expected equal: was the metadata "
-                        f"edited?); set vocab_size back to {tok.vocab_size} there, or rerun the "
+                        f"but {path} has {count} pieces (expected equal: was the metadata "
+                        f"edited?); set vocab_size back to {count} there, or rerun the "
                         "prepare command that made it")
-    return tok
+    return count
+
+
+def tokenizer_difference(meta: dict, kind: str, where: str) -> str | None:
+    """How a prepared directory's tokenizer differs from the one a model was trained with.
+
+    Args:
+      meta: the directory's metadata (``load_metadata``).
+      kind, where: the model's tokenizer, as bertjax.rundir names it: ("wordpiece", a directory
+        holding vocab.txt and its casing) or ("sentencepiece", a .model file).
+
+    Returns:
+      None when the data's ids are the model's (the same vocabulary file, and casing where the
+      model records one), else what differs, in a few words.
+    """
+    if kind == WORDPIECE:
+        vocab = os.path.join(where, VOCAB)
+        if meta.get("tokenizer_type") != WORDPIECE:
+            return (f"the data were tokenized with a sentencepiece model, the model reads the "
+                    f"WordPiece vocabulary {vocab}")
+        if _sha256(vocab) != meta["tokenizer_sha256"]:
+            return f"the data's WordPiece vocabulary is not {vocab}"
+        casing = _casing_of(where)
+        if casing["do_lower_case"] is not None and casing != meta.get(WORDPIECE):
+            return (f"the data were tokenized with casing {meta.get(WORDPIECE)}, the model with "
+                    f"{casing}")
+        return None
+    if meta.get("tokenizer_type") == WORDPIECE:
+        return (f"the data were tokenized with a WordPiece vocabulary, the model reads the "
+                f"sentencepiece model {where}")
+    if _sha256(where) != meta["tokenizer_sha256"]:
+        return f"the data's sentencepiece model is not {where}"
+    return None
 
 
 def check_prepared(data_dir: str, model_vocab_size: int | None = None) -> dict:
@@ -637,9 +815,15 @@ def check_prepared(data_dir: str, model_vocab_size: int | None = None) -> dict:
     meta = load_metadata(data_dir)
     for split in ("train", "eval"):
         shard_files(data_dir, meta, split)
-    tok = check_tokenizer(data_dir, meta)
-    if model_vocab_size is not None:
-        tok.check_model_vocab(model_vocab_size)
+    count = check_tokenizer(data_dir, meta)
+    if model_vocab_size is not None and count > model_vocab_size:
+        path = os.path.join(data_dir, meta["tokenizer"])
+        if meta.get("tokenizer_type") == WORDPIECE:
+            raise DataError(f"the WordPiece vocabulary {path} has {count} tokens but the model "
+                            f"vocab_size is {model_vocab_size} (expected model >= vocabulary); "
+                            "continue from the model that vocabulary belongs to "
+                            "(--config.init_from=its import)")
+        tok_lib.Tokenizer.load(path).check_model_vocab(model_vocab_size)
     return meta
 
 
@@ -660,7 +844,7 @@ def verify(data_dir: str) -> int:
     for split in ("train", "eval"):
         for shard in meta["splits"][split]["shards"]:
             path = os.path.join(data_dir, shard["file"])
-            if not os.path.isfile(path):
+            if not fs.is_file(path):
                 raise DataError(f"{path} is missing or not a file (expected the TFRecord shard "
                                 f"{METADATA} names); {_DAMAGED}")
             if _sha256(path) != shard["sha256"]:

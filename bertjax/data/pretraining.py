@@ -68,7 +68,8 @@ def _records(files: list[str], seed: int, host: int, training: bool) -> tf.data.
 
 def document_instances(files: list[str], *, seq_len: int, nsp: bool, short_seq_prob: float,
                        seed: int, host: int, training: bool, doc_buffer: int,
-                       pairs_per_row: int = 1) -> tf.data.Dataset:
+                       pairs_per_row: int = 1,
+                       special_ids: dict[str, int] | None = None) -> tf.data.Dataset:
     """Prepared document files -> the unmasked, unbatched instance stream both iterators batch.
 
     Args:
@@ -82,45 +83,57 @@ def document_instances(files: list[str], *, seq_len: int, nsp: bool, short_seq_p
         pass in file order.
       doc_buffer: document shuffle buffer (training only).
       pairs_per_row: > 1 packs up to this many NSP pairs into one row (packing.py).
+      special_ids: the data's special tokens by name (Source.special_ids); None: sentencepiece's.
 
     Returns:
-      Instances {tokens [L], seg_a [], label []} (int32, zero-padded), or, with
+      Instances {tokens [L], seg_a [], label []} (int32, padded with [PAD]), or, with
       pairs_per_row > 1, packed rows (packing.pack_pairs' features, one row each).
     """
     ds = _records(files, seed, host, training)
     if training:
         ds = ds.shuffle(doc_buffer, seed=_mix(seed, host, "docs"), reshuffle_each_iteration=True)
     group_seed = _mix(seed, host, "group")
+    ids = special_ids or tok_lib.SPECIAL_TOKENS
+    cls_id, sep_id, pad_id = ids["[CLS]"], ids["[SEP]"], ids["[PAD]"]
 
     @_graph
     def make(i, serialized):
         tokens, lengths = sources.parse_documents(serialized)
         if nsp:
             out = pairs.nsp_instances(tokens, lengths, tf.stack([tf.cast(group_seed, tf.int64), i]),
-                                      seq_len, short_seq_prob)
+                                      seq_len, short_seq_prob, cls_id, sep_id)
             if pairs_per_row > 1:
                 return packing.pack_pairs(out["tokens"], out["seg_a"], out["label"], seq_len,
-                                          pairs_per_row)
+                                          pairs_per_row, pad_id)
         else:
-            out = pairs.packed_sequences(tokens, lengths, seq_len)
+            out = pairs.packed_sequences(tokens, lengths, seq_len, cls_id, sep_id)
         # Padded here, not by padded_batch: tf.data cannot pad-batch unbatched ragged rows.
-        return {**out, "tokens": out["tokens"].to_tensor(shape=[None, seq_len])}
+        return {**out, "tokens": out["tokens"].to_tensor(default_value=pad_id,
+                                                         shape=[None, seq_len])}
 
     return ds.batch(_DOC_GROUP).enumerate().map(make, num_parallel_calls=AUTOTUNE).unbatch()
 
 
 def _masker(seq_len: int, max_predictions: int, vocab_size: int, mask_rate: float,
-            word_starts: np.ndarray | None, mask_seed: int) -> Callable[..., dict[str, tf.Tensor]]:
-    """map function: (batch index, padded batch of instances) -> the model's features, masked."""
+            word_starts: np.ndarray | None, mask_seed: int,
+            special_ids: dict[str, int] | None = None,
+            regular: np.ndarray | None = None) -> Callable[..., dict[str, tf.Tensor]]:
+    """map function: (batch index, padded batch of instances) -> the model's features, masked.
+    ``special_ids`` and ``regular`` come from the data's tokenizer (Source); None: sentencepiece's
+    fixed layout."""
     starts = None if word_starts is None else tf.constant(word_starts)
+    regular_ids = None if regular is None else tf.constant(regular)
+    ids_of = special_ids or tok_lib.SPECIAL_TOKENS
+    pad_id, mask_id = ids_of["[PAD]"], ids_of["[MASK]"]
 
     @_graph
     def features(i: tf.Tensor, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         ids = tf.ensure_shape(batch["tokens"], [None, seq_len])  # [B, L]
-        input_mask = tf.cast(ids != tok_lib.PAD_ID, tf.int32)
+        input_mask = tf.cast(ids != pad_id, tf.int32)
         masked = masking.mask_batch(ids, tf.stack([tf.cast(mask_seed, tf.int64), i]),
                                     vocab_size=vocab_size, max_predictions=max_predictions,
-                                    mask_rate=mask_rate, word_starts=starts)
+                                    mask_rate=mask_rate, word_starts=starts, mask_id=mask_id,
+                                    regular=regular_ids)
         out = {"input_ids": masked.pop("input_ids"), "input_mask": input_mask}
         if "pack_ids" in batch:  # packed rows: M pairs per row, each with its own NSP slot
             out.update(segment_ids=batch["type_ids"], position_ids=batch["position_ids"],
@@ -269,11 +282,12 @@ def make_pretraining_iterator(
                         "--num_shards or more text")
     ds = document_instances(files, seq_len=seq_len, nsp=nsp, short_seq_prob=short_seq_prob,
                             seed=seed, host=host_index, training=True, doc_buffer=doc_buffer,
-                            pairs_per_row=pairs_per_row)
+                            pairs_per_row=pairs_per_row, special_ids=source.special_ids)
     ds = ds.shuffle(shuffle_buffer, seed=instance_seed).batch(batch_size, drop_remainder=True)
     features = _masker(seq_len, max_predictions, source.vocab_size, mask_rate,
                        source.word_starts() if whole_word else None,
-                       _mix(seed, host_index, "mask"))
+                       _mix(seed, host_index, "mask"), source.special_ids,
+                       source.regular_mask())
     ds = ds.enumerate().map(features, num_parallel_calls=AUTOTUNE)
     return DataIterator(ds, files, threads=threads)
 
@@ -317,11 +331,14 @@ def make_eval_iterator(
         # host=0: every host builds the same stream, then keeps its share of it.
         instances = document_instances(source.files, seq_len=seq_len, nsp=nsp,
                                        short_seq_prob=short_seq_prob, seed=seed, host=0,
-                                       training=False, doc_buffer=0)
-        empty = {"tokens": tf.zeros([seq_len], tf.int32), "seg_a": 0, "label": 0}
+                                       training=False, doc_buffer=0,
+                                       special_ids=source.special_ids)
+        empty = {"tokens": tf.fill([seq_len], source.special_ids["[PAD]"]), "seg_a": 0,
+                 "label": 0}
         features = _masker(seq_len, max_predictions, source.vocab_size, mask_rate,
                            source.word_starts() if whole_word else None,
-                           _mix(seed, host_index, "eval-mask"))
+                           _mix(seed, host_index, "eval-mask"), source.special_ids,
+                           source.regular_mask())
     num_batches = math.ceil(math.ceil(records.count(instances) / host_count) / batch_size)
     padding = tf.data.Dataset.from_tensors({**empty, "example_mask": 0.0}).repeat()
     ds = instances.shard(host_count, host_index).map(lambda x: {**x, "example_mask": 1.0})

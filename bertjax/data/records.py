@@ -11,13 +11,13 @@ their process).
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from bertjax.data import fs
 from bertjax.data.errors import DataError
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ def expand_files(data: str | Sequence[str]) -> list[str]:
     files = []
     for pattern in patterns:
         # a literal name may hold glob characters ([1]): as itself when it exists
-        matches = glob.glob(pattern) or ([pattern] if os.path.lexists(pattern) else [])
+        matches = fs.glob(pattern) or ([pattern] if fs.lexists(pattern) else [])
         if not matches:
             raise DataError(f"data {pattern!r} matches no file (expected google-research/bert "
                             "TFRecord files, or a directory prepared by python -m bertjax.prepare)"
@@ -45,17 +45,17 @@ def expand_files(data: str | Sequence[str]) -> list[str]:
         files += matches
     files.sort()
     for path in files:
-        if os.path.isdir(path):
+        if fs.path(path).is_dir():
             raise DataError(f"{path} is a directory (expected TFRecord files); name the files "
                             f"inside it, e.g. {os.path.join(path, '*.tfrecord')}, or pass a "
                             "prepared directory by itself")
-        if not os.path.isfile(path):
+        if not fs.is_file(path):
             raise DataError(f"{path} is not a regular file (expected a TFRecord file); leave it "
                             "out of the glob")
-        if os.path.getsize(path) == 0:
+        if fs.size(path) == 0:
             raise DataError(f"{path} is empty (0 bytes; expected TFRecords: an incomplete copy?); "
                             "copy it again or leave it out of the glob")
-        if not os.access(path, os.R_OK):
+        if not fs.readable(path):
             raise DataError(f"{path} cannot be read (permission denied; expected a readable "
                             "TFRecord file); fix its permissions")
     return files

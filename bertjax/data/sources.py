@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
+from bertjax.data import fs
 from bertjax.data import prepare as prepare_lib
 from bertjax.data import records
 from bertjax.data import tokenizer as tok_lib
@@ -67,7 +68,7 @@ class Source:
         self.data_dir: str | None = None
         self.docs: list[int] | None = None
         self.bert_shapes: tuple[int, int] | None = None
-        if isinstance(data, str) and os.path.isdir(data):
+        if isinstance(data, str) and fs.path(data).is_dir():
             self._init_documents(data, split)
         else:
             self._init_bert(data)
@@ -117,9 +118,25 @@ class Source:
                             f"with --vocab_size {model_vocab_size}")
 
     def word_starts(self) -> np.ndarray:
-        """bool [vocab]: pieces that begin a word, from the prepared data's tokenizer."""
-        return tok_lib.Tokenizer.load(os.path.join(self.data_dir, self.meta["tokenizer"])) \
-            .word_start_mask()
+        """bool [vocab]: pieces that begin a word, from the prepared data's tokenizer (a
+        sentencepiece word mark, or not a WordPiece "##" continuation)."""
+        return self._tokenizer().word_start_mask()
+
+    @property
+    def special_ids(self) -> dict[str, int]:
+        """The special tokens' ids by name as the data's tokenizer places them (metadata.json's
+        ``special_ids``; sentencepiece's 0..4 for google-research/bert records)."""
+        return dict((self.meta or {}).get("special_ids") or tok_lib.SPECIAL_TOKENS)
+
+    def regular_mask(self) -> np.ndarray | None:
+        """bool [vocab]: the ids masking may choose and draw (WordPiece data: all but the special
+        tokens and reserved slots); None for sentencepiece's fixed layout (ids >= 5)."""
+        if not self.meta or self.meta.get("tokenizer_type") != prepare_lib.WORDPIECE:
+            return None
+        return self._tokenizer().regular_mask()
+
+    def _tokenizer(self):
+        return prepare_lib.load_tokenizer(os.path.join(self.data_dir, self.meta["tokenizer"]))
 
 
 def parse_documents(serialized: tf.Tensor) -> tuple[tf.RaggedTensor, tf.RaggedTensor]:

@@ -29,7 +29,8 @@ import math
 import os
 from typing import Any, Iterator, Sequence
 
-from bertjax.data.errors import DataError
+from bertjax.data import fs
+from bertjax.data.errors import DataError, import_tfds
 from bertjax.data.glue import GlueTask, glue_task
 
 Example = dict[str, Any]
@@ -40,8 +41,7 @@ def read_text(path: str) -> str:
     copies start with one); a file that is missing, unreadable or not UTF-8 is one DataError
     line naming the file and the line of the first bad byte."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = fs.read_bytes(path)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except OSError as e:
@@ -415,7 +415,7 @@ def tfds_examples(name: str, split: str, data_dir: str | None = None) -> list[Ex
     Returns:
       A list of example dicts (see the module docstring).
     """
-    import tensorflow_datasets as tfds  # lazy: only this reader needs TFDS
+    tfds = import_tfds()  # lazy: only this reader needs TFDS (an optional extra)
 
     family = name.split("/")[0].split(":")[0]
     if family not in ("glue", "squad", "conll2003"):

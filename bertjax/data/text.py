@@ -12,12 +12,13 @@ before anything is prepared, streaming, and names the offset of the first bad on
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import glob
 import os
 import re
 from typing import Iterator, Sequence
 
+from bertjax.data import fs
 from bertjax.data.errors import DataError
 
 # Block size of the streaming check: memory stays bounded however large a corpus file is.
@@ -68,16 +69,17 @@ def scan_text_file(path: str, count_documents: int = 0) -> TextFile:
       DataError: the file is unreadable, empty, binary (a NUL byte), in another encoding (a
         UTF-16/32 byte-order mark) or not valid UTF-8; the message names the byte offset.
     """
+    opened = contextlib.ExitStack()
     try:
-        size = os.path.getsize(path)
-        f = open(path, "rb")
+        size = fs.size(path)
+        f = opened.enter_context(fs.path(path).open("rb"))
     except OSError as e:
         raise DataError(f"input file {path} cannot be read ({e.strerror or type(e).__name__}; "
                         "expected a readable text file); fix its permissions or remove it from "
                         "the input glob") from None
     offset, pending = 0, b""  # pending: the first bytes of a character split between blocks
     documents, in_document, line_has_text, has_text = 0, False, False, False
-    with f:
+    with opened:
         while True:
             try:
                 block = f.read(_BLOCK_BYTES)
@@ -196,7 +198,7 @@ def read_documents(piece: ByteRange) -> Iterator[list[str]]:
     Returns:
       An iterator of documents.
     """
-    with open(piece.path, "rb") as f:
+    with fs.path(piece.path).open("rb") as f:
         pos, prev_blank = 0, True
         if piece.start > 0:
             f.seek(piece.start - 1)
@@ -281,8 +283,8 @@ def expand_inputs(pattern: str) -> list[str]:
     """
     files = set()
     for part in filter(None, (p.strip() for p in pattern.split(","))):
-        found = glob.glob(part, recursive=True)
-        matches = [m for m in found if os.path.isfile(m)]
+        found = fs.glob(part, recursive=True)
+        matches = [m for m in found if fs.is_file(m)]
         if not matches and found:  # directories (or sockets): say so, "no file" would puzzle
             raise DataError(f"--input pattern {part!r} matches only directories or other "
                             f"non-files ({sorted(found)[0]}; expected text files in corpus "

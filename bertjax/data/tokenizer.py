@@ -21,6 +21,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import sentencepiece as spm
 
+from bertjax.data import fs
 from bertjax.data.errors import DataError
 
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 1, 2, 3, 4
@@ -68,16 +69,15 @@ class Tokenizer:
         Returns:
           The tokenizer.
         """
-        if os.path.isdir(path):
+        if fs.path(path).is_dir():
             raise DataError(f"tokenizer model {path} is a directory (expected a sentencepiece "
                             f".model file, e.g. {os.path.join(path, 'tokenizer.model')}); check "
                             "--tokenizer")
-        if not os.path.isfile(path):
+        if not fs.is_file(path):
             raise DataError(f"tokenizer model {path} does not exist (expected a sentencepiece "
                             ".model file written by python -m bertjax.prepare); check --tokenizer")
-        try:
-            with open(path, "rb") as f:
-                proto = f.read()
+        try:  # sentencepiece parses bytes: the model may live on gs:// like the data
+            proto = fs.read_bytes(path)
         except OSError as e:
             raise DataError(f"tokenizer model {path} cannot be read ({e.strerror}; expected a "
                             "readable sentencepiece .model file); fix its permissions") from None
@@ -89,10 +89,7 @@ class Tokenizer:
 
     def save(self, path: str) -> str:
         """Writes the model atomically (temp name, then rename) and returns its sha256."""
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as f:
-            f.write(self._proto)
-        os.replace(tmp, path)
+        fs.write_atomic(path, self._proto, tmp=f"{path}.tmp-{os.getpid()}")
         self.path = path
         return self.sha256()
 
@@ -136,6 +133,15 @@ class Tokenizer:
             starts[i] = (i < NUM_SPECIAL or piece.startswith(_WORD_MARK)
                          or not any(c.isalnum() for c in piece))
         return starts
+
+    @property
+    def special_ids(self) -> dict[str, int]:
+        """The special tokens' ids by name (fixed: 0..4)."""
+        return dict(SPECIAL_TOKENS)
+
+    def regular_mask(self) -> np.ndarray:
+        """bool [vocab_size]: the pieces MLM may mask and draw as random replacements (id >= 5)."""
+        return np.arange(self.vocab_size) >= NUM_SPECIAL
 
     def check_model_vocab(self, model_vocab_size: int) -> None:
         """Raises DataError if ids could fall outside a model's embedding table.

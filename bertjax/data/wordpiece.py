@@ -26,6 +26,7 @@ This module imports neither JAX nor TensorFlow.
 from __future__ import annotations
 
 import functools
+import io
 import json
 import os
 import re
@@ -35,7 +36,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from bertjax.data import fs
+
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+_RESERVED = re.compile(r"\[unused\d+\]")  # BERT vocabularies' spare slots
 
 
 class WordPieceTokenizer:
@@ -89,7 +93,7 @@ class WordPieceTokenizer:
             says it (a wrong guess silently maps most cased words to [UNK]).
         """
         vocab = os.path.join(directory, "vocab.txt")
-        if not os.path.exists(vocab):
+        if not fs.path(vocab).exists():
             raise FileNotFoundError(f"{directory} has no vocab.txt; WordPiece needs the "
                                     "checkpoint's vocabulary")
         settings = read_tokenizer_config(directory)
@@ -123,6 +127,31 @@ class WordPieceTokenizer:
     @property
     def vocab_size(self) -> int:
         return len(self.vocab)
+
+    @property
+    def special_ids(self) -> dict[str, int]:
+        """The special tokens' ids by name, where this vocabulary puts them (BERT's own vocabularies
+        have [PAD]=0 [UNK]=100 [CLS]=101 [SEP]=102 [MASK]=103); [MASK] only when it has one."""
+        return {t: self.vocab[t] for t in SPECIAL_TOKENS if t in self.vocab}
+
+    def _id_count(self) -> int:
+        return max(self.vocab.values()) + 1  # ids are line numbers (a repeated token keeps one)
+
+    def word_start_mask(self) -> np.ndarray:
+        """bool [ids]: True where a piece begins a word (whole-word masking), False for WordPiece's
+        continuations ("##ing"); punctuation and special tokens are words of their own."""
+        starts = np.ones(self._id_count(), dtype=bool)
+        for token, i in self.vocab.items():
+            starts[i] = not token.startswith("##")
+        return starts
+
+    def regular_mask(self) -> np.ndarray:
+        """bool [ids]: the pieces MLM may mask and draw as random replacements: every id but the
+        special tokens and BERT's reserved "[unusedN]" slots, which text never produces."""
+        regular = np.zeros(self._id_count(), dtype=bool)
+        for token, i in self.vocab.items():
+            regular[i] = token not in SPECIAL_TOKENS and not _RESERVED.fullmatch(token)
+        return regular
 
     def tokenize(self, text: str) -> list[str]:
         """Word pieces of one text, without [CLS]/[SEP]."""
@@ -284,7 +313,8 @@ def load_vocab(vocab_file: str) -> dict[str, int]:
     """vocab.txt -> {token: line number}, like BertTokenizer: only the newline is stripped and
     a repeated token keeps its last line."""
     vocab: dict[str, int] = {}
-    with open(vocab_file, encoding="utf-8") as f:
+    # the bytes through the path layer (gs:// too), read as open() reads a text file
+    with io.TextIOWrapper(io.BytesIO(fs.path(vocab_file).read_bytes()), encoding="utf-8") as f:
         for i, line in enumerate(f):
             vocab[line.rstrip("\n")] = i
     return vocab
@@ -292,11 +322,10 @@ def load_vocab(vocab_file: str) -> dict[str, int]:
 
 def read_tokenizer_config(directory: str) -> dict[str, Any]:
     """The casing settings of an HF / bertjax directory's tokenizer_config.json ({} if none)."""
-    path = os.path.join(directory, "tokenizer_config.json")
-    if not os.path.exists(path):
+    path = fs.path(directory) / "tokenizer_config.json"
+    if not path.exists():
         return {}
-    with open(path) as f:
-        data = json.load(f)
+    data = json.loads(path.read_text())
     return {k: data[k] for k in ("do_lower_case", "strip_accents", "tokenize_chinese_chars")
             if k in data}
 
@@ -306,15 +335,12 @@ def write_tokenizer_files(directory: str, vocab_src: str, do_lower_case: bool,
                           tokenize_chinese_chars: bool = True, model_max_length: int = 512) -> None:
     """Writes vocab.txt, tokenizer_config.json and special_tokens_map.json that transformers'
     BertTokenizer / AutoTokenizer load as they are."""
-    import shutil
-
-    shutil.copyfile(vocab_src, os.path.join(directory, "vocab.txt"))
+    fs.path(vocab_src).copy(fs.path(directory) / "vocab.txt", overwrite=True)
     specials = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
                 "cls_token": "[CLS]", "mask_token": "[MASK]"}
     config = dict(tokenizer_class="BertTokenizer", do_lower_case=bool(do_lower_case),
                   strip_accents=strip_accents, tokenize_chinese_chars=tokenize_chinese_chars,
                   do_basic_tokenize=True, model_max_length=model_max_length, **specials)
-    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
-        json.dump(config, f, indent=2)
-    with open(os.path.join(directory, "special_tokens_map.json"), "w") as f:
-        json.dump(specials, f, indent=2)
+    root = fs.path(directory)
+    (root / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    (root / "special_tokens_map.json").write_text(json.dumps(specials, indent=2))

@@ -31,6 +31,7 @@ import optax
 from bertjax import config as config_lib
 from bertjax import model as model_lib
 from bertjax import train
+from bertjax.data import fs
 from bertjax.data import tasks as readers
 from bertjax.data.errors import DataError
 from bertjax.data.glue import glue_task
@@ -183,13 +184,11 @@ def jit_steps(fns: train.StepFns, batch_like: dict, regression: bool) -> tuple[C
 
 def _write_predictions(path: str, task: Task, outputs: np.ndarray) -> None:
     """GLUE submission style: a header, then index<TAB>prediction (label name or score)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
+    with fs.atomic_write(path) as f:
         f.write("index\tprediction\n")
         for i, row in enumerate(outputs):
             value = f"{row[0]:.6f}" if task.regression else task.labels[int(row.argmax())]
             f.write(f"{i}\t{value}\n")
-    os.replace(tmp, path)
 
 
 class ClassifyFamily:

@@ -37,6 +37,7 @@ import ml_collections
 import numpy as np
 
 from bertjax.data import corpus
+from bertjax.data import fs
 from bertjax.data import prepare as prepare_lib
 from bertjax.data import text
 
@@ -142,20 +143,16 @@ def write_demo_data(directory: str, train_size: int, dev_size: int, seed: int = 
               "dev": make_examples(dev_pool, n_dev, rng)}
     texts = {name: "sentence\tlabel\n" + "".join(f"{s}\t{label}\n" for s, label in rows)
              for name, rows in splits.items()}
-    paths = [os.path.join(directory, f"{name}.tsv") for name in texts]
+    files = [os.path.join(directory, f"{name}.tsv") for name in texts]
     if not replace:
-        for path, body in zip(paths, texts.values()):
-            if os.path.exists(path):
-                with open(path, encoding="utf-8") as f:
-                    if f.read() != body:
-                        raise FileExistsError(path)
+        for path, body in zip(files, texts.values()):
+            if fs.path(path).exists() and fs.path(path).read_text() != body:
+                raise FileExistsError(path)
     if write:
-        os.makedirs(directory, exist_ok=True)
-        for path, body in zip(paths, texts.values()):
-            with open(path + ".tmp", "w", encoding="utf-8") as f:
-                f.write(body)
-            os.replace(path + ".tmp", path)
-    return paths[0], paths[1], {"train": len(splits["train"]), "dev": len(splits["dev"]),
+        fs.path(directory).mkdir(parents=True, exist_ok=True)
+        for path, body in zip(files, texts.values()):
+            fs.write_atomic(path, body)
+    return files[0], files[1], {"train": len(splits["train"]), "dev": len(splits["dev"]),
                                 "train_available": len(train_pool),
                                 "dev_available": len(dev_pool)}
 
@@ -200,10 +197,9 @@ def compare(config: Any, workdir: str, overwrite: bool = False) -> dict[str, Any
         # command can be rerun); different settings reach the runner, which refuses them.
         saved = None if overwrite else rundir.saved_config(path)
         done = os.path.join(path, "metrics.json")
-        if saved is not None and os.path.exists(done) and not runner.setting_difference(saved,
-                                                                                          cfg):
-            with open(done) as f:
-                result = json.load(f)
+        if saved is not None and fs.path(done).exists() and not runner.setting_difference(
+                saved, cfg):
+            result = json.loads(fs.path(done).read_text())
             if multihost.is_chief():
                 print(f"[{tag}] already fine-tuned in {path} (--overwrite to redo)", flush=True)
             return result

@@ -42,9 +42,11 @@ from jax.sharding import Mesh
 from bertjax import config as config_lib
 from bertjax import model as model_lib
 from bertjax import multihost
+from bertjax import progress
 from bertjax import rundir
 from bertjax import sharding
 from bertjax import train
+from bertjax.data import fs
 from bertjax.data.errors import DataError
 from bertjax.finetuning import encoder
 from bertjax.finetuning import features
@@ -293,8 +295,10 @@ class Embedder:
             for r in range(0, len(index), b):
                 yield splits.host_rows(inputs, np.arange(r, r + b)), index[r:r + b]
 
-    def embed(self, sentences: Sequence[str]) -> np.ndarray:
-        """float32 [N, D] embeddings of ``sentences``, in order, each computed once."""
+    def embed(self, sentences: Sequence[str], bar: Any = None) -> np.ndarray:
+        """float32 [N, D] embeddings of ``sentences``, in order, each computed once; ``bar``
+        (bertjax.progress.bar) is advanced by the sentences embedded."""
+        bar = progress.Off() if bar is None else bar
         if not sentences:
             return np.zeros((0, self.dim), np.float32)
         if self.plan.settings.examples_per_row > 1:
@@ -303,6 +307,7 @@ class Embedder:
             def take(result, where):  # per-slot embeddings [B, M, D] to their sentences
                 emb = np.asarray(jax.device_get(result))
                 out[where[where >= 0]] = emb[where >= 0]
+                bar.update(int((where >= 0).sum()))
 
             pending = None
             for rows, index in self.packed_batches(sentences):
@@ -317,8 +322,10 @@ class Embedder:
             result = self._step(self.params, multihost.global_batch(rows, self.batch_sh))
             if pending is not None:  # batch t is queued; reading t-1 does not stall the device
                 out.append(np.asarray(jax.device_get(pending[0]))[pending[1]])
+                bar.update(len(out[-1]))
             pending = (result, mask)
         out.append(np.asarray(jax.device_get(pending[0]))[pending[1]])
+        bar.update(len(out[-1]))
         return np.concatenate(out).astype(np.float32)
 
 
@@ -326,11 +333,14 @@ class Embedder:
 
 
 def _read_lines(path: str, what: str) -> list[str]:
-    if not os.path.isfile(path):
+    if not fs.is_file(path):
         raise DataError(f"{path}: file not found; expected {what}")
-    try:
-        with open(path, encoding="utf-8-sig", newline="\n") as f:
-            lines = [line.rstrip("\n").rstrip("\r") for line in f]
+    try:  # lines end at "\n" only (a stray "\r" inside a line stays in it), as the
+        # lines of open(newline="\n") do
+        lines = [line.rstrip("\r") for line in fs.read_bytes(path).decode(
+            "utf-8-sig").split("\n")]
+        if lines[-1] == "":
+            lines.pop()  # the final newline ends the last line; it starts none
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     for number, line in enumerate(lines, 1):
@@ -394,10 +404,8 @@ def pair_metrics(sims: np.ndarray, gold: np.ndarray) -> dict[str, float]:
 
 
 def _atomic(path: str, write) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
+    with fs.atomic_write(path, "wb") as f:
         write(f)
-    os.replace(tmp, path)
 
 
 def write_embeddings(path: str, emb: np.ndarray) -> None:
@@ -413,15 +421,15 @@ def similarity_lines(sims: np.ndarray, gold: np.ndarray | None) -> list[str]:
 
 
 def _check_output(path: str, suffix: str, overwrite: bool) -> None:
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
+    parent = os.path.dirname(fs.absolute(path))
+    if not fs.is_remote(path) and not fs.path(parent).is_dir():  # gs:// has no directories
         raise config_lib.ConfigError(f"--output={path}: directory {parent} does not exist; "
                                      "create it first")
     if suffix and not path.endswith(suffix):
         raise config_lib.ConfigError(f"--output={path}; expected a {suffix} file name")
-    if os.path.isdir(path):
+    if fs.path(path).is_dir():
         raise config_lib.ConfigError(f"--output={path} is a directory; give a file name")
-    if os.path.exists(path) and not overwrite:
+    if fs.path(path).exists() and not overwrite:
         raise config_lib.ConfigError(f"--output={path} already exists; pass --overwrite to "
                                      "replace it, or choose a new file name")
 
@@ -465,7 +473,9 @@ def run(settings: Settings, input_path: str = "", pairs_path: str = "",
         f"{settings.pooling} pooling{', normalized' if settings.normalize else ''}, tokenizer "
         f"{plan.tok.source}", flush=True)
     # 2.-3. build and embed
-    emb = Embedder(plan).embed(sentences)
+    embedder = Embedder(plan)
+    with progress.bar(len(sentences), "sentence", "embed", chief=chief) as bar:
+        emb = embedder.embed(sentences, bar)  # the bar's rate: sentences/s
     result: dict[str, Any] = {"count": len(sentences), "dim": int(emb.shape[1])}
     # 4. write
     if input_path:

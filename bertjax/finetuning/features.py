@@ -22,6 +22,7 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 from bertjax import rundir
+from bertjax.data import fs
 from bertjax.data import wordpiece
 from bertjax.data.errors import DataError
 
@@ -113,11 +114,11 @@ def load_tokenizer(init_from: str, override: str = "",
       DataError: one line saying where it looked and what to pass instead.
     """
     if override:
-        if os.path.isdir(override):
+        if fs.path(override).is_dir():
             return WordPieceAdapter(override, do_lower_case)
         return SentencePieceAdapter(override)
     found = rundir.resolve(init_from).tokenizer()
-    if found is None or not os.path.exists(found[1]):
+    if found is None or not fs.path(found[1]).exists():
         raise DataError(
             f"config.init_from={init_from}: found no tokenizer (no vocab.txt there, and "
             f"{'no' if found is None else 'a missing'} sentencepiece model in the data directory "

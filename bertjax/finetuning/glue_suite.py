@@ -63,9 +63,12 @@ import zipfile
 from typing import Any, Sequence
 
 from bertjax import config as config_lib
+from bertjax import console
 from bertjax import lock
 from bertjax import multihost
+from bertjax import progress
 from bertjax import rundir
+from bertjax.data import fs
 from bertjax.data import tasks as readers
 from bertjax.data.errors import DataError
 from bertjax.data.glue import GLUE_SUBMISSION, STSB_RANGE, SubmissionFile, glue_task
@@ -119,12 +122,12 @@ def find_files(glue_dir: str, task: str) -> TaskFiles | str:
     root = os.path.join(glue_dir, GLUE_DIRS[task])
     train, dev = os.path.join(root, "train.tsv"), os.path.join(root, spec.dev_files[0])
     for path in (train, dev):
-        if not os.path.isfile(path):
+        if not fs.is_file(path):
             return f"{path} not found"
     test = os.path.join(root, spec.test_files[0])
     mismatched = os.path.join(root, spec.dev_files[1]) if len(spec.dev_files) > 1 else ""
-    return TaskFiles(task, train, dev, test if os.path.isfile(test) else "",
-                     mismatched if mismatched and os.path.isfile(mismatched) else "")
+    return TaskFiles(task, train, dev, test if fs.is_file(test) else "",
+                     mismatched if mismatched and fs.is_file(mismatched) else "")
 
 
 def task_config(base: Any, files: TaskFiles, init_from: str, predict_test: bool) -> Any:
@@ -151,7 +154,7 @@ def _finite(x: float | None) -> float | None:
 
 
 def _same_path(a: str | None, b: str | None) -> bool:
-    norm = (lambda p: os.path.realpath(p) if p else "")
+    norm = (lambda p: fs.real(p) if p else "")
     return norm(a) == norm(b)
 
 
@@ -210,10 +213,7 @@ def write_summary(workdir: str, summary: dict[str, Any]) -> str:
     if summary.get("submission"):
         md += "\n" + submission_table(summary["submission"]) + "\n"
     for name, text in (("summary.json", json.dumps(summary, indent=2)), ("summary.md", md)):
-        path = os.path.join(workdir, name)
-        with open(path + ".tmp", "w") as f:
-            f.write(text)
-        os.replace(path + ".tmp", path)
+        fs.write_atomic(os.path.join(workdir, name), text)
     return md
 
 
@@ -229,7 +229,7 @@ def submission_test_file(glue_dir: str, sub: SubmissionFile) -> str:
     """The first of the file's test files that is in ``glue_dir``, or ""."""
     for rel in sub.test_files:
         path = os.path.join(glue_dir, *rel.split("/"))
-        if os.path.isfile(path):
+        if fs.is_file(path):
             return path
     return ""
 
@@ -257,10 +257,9 @@ def row_indices(path: str, task: str) -> list[str]:
 
 def _predictions(path: str) -> list[str] | None:
     """The prediction column of a predictions/NAME.tsv, or None when it is absent or not one."""
-    if not os.path.isfile(path):
+    if not fs.is_file(path):
         return None
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
+    lines = fs.path(path).read_text().split("\n")
     if lines[0] != "index\tprediction":
         return None
     return [line.split("\t", 1)[-1] for line in lines[1:] if line]
@@ -289,7 +288,7 @@ def majority(glue_dir: str, task: str) -> tuple[str, str] | None:
     """(prediction, how it was found) for filling a task's submission file: the majority class
     of its training file (ties: the first label), for STS-B its mean score; None without one."""
     train = os.path.join(glue_dir, GLUE_DIRS[task], "train.tsv")
-    if not os.path.isfile(train):
+    if not fs.is_file(train):
         return None
     labels = [r["label"] for r in readers.read_glue(train, task)]
     if not labels:
@@ -302,12 +301,6 @@ def majority(glue_dir: str, task: str) -> tuple[str, str] | None:
     counts = collections.Counter(labels)
     best = max(sorted(counts), key=lambda k: counts[k])  # the first of equally common ones
     return spec.labels[best], f"the majority class of {rel}"
-
-
-def _write_bytes(path: str, data: bytes) -> None:
-    with open(path + ".tmp", "wb") as f:
-        f.write(data)
-    os.replace(path + ".tmp", path)
 
 
 def _zip_bytes(members: Sequence[tuple[str, bytes]]) -> bytes:
@@ -392,19 +385,19 @@ def build_submission(glue_dir: str, workdir: str, tasks: Sequence[str],
         members.append((sub.name, ("index\tprediction\n" + body).encode("utf-8")))
     directory = os.path.join(workdir, SUBMISSION_DIR)
     if members:
-        os.makedirs(directory, exist_ok=True)
+        fs.path(directory).mkdir(parents=True, exist_ok=True)
     made = dict(members)
     for sub in GLUE_SUBMISSION:
         path = os.path.join(directory, sub.name)
         if sub.name in made:
-            _write_bytes(path, made[sub.name])
-        elif os.path.exists(path):  # from an earlier build: not part of this one
-            os.remove(path)
+            fs.write_atomic(path, made[sub.name])
+        else:  # from an earlier build: not part of this one
+            fs.path(path).unlink(missing_ok=True)
     archive = os.path.join(workdir, SUBMISSION_ZIP)
     if members:
-        _write_bytes(archive, _zip_bytes(members))
-    elif os.path.exists(archive):
-        os.remove(archive)
+        fs.write_atomic(archive, _zip_bytes(members))
+    else:
+        fs.path(archive).unlink(missing_ok=True)
     return {"zip": archive if members else None, "directory": directory,
             "complete": not missing, "files": files, "missing": missing,
             "fill_missing": fill_missing}
@@ -454,7 +447,7 @@ def predict_tests(config: Any, task_dir: str, tests: dict[str, str], tag: str) -
     from bertjax.finetuning import runner
 
     chief = multihost.is_chief()
-    say = (lambda s: print(f"[{tag}] {s}", flush=True)) if chief else (lambda s: None)
+    say = (lambda s: progress.echo(f"[{tag}] {s}")) if chief else (lambda s: None)
     family = classify.ClassifyFamily()
     (first, first_path), *_ = tests.items()
     c = copy.deepcopy(config)
@@ -478,11 +471,10 @@ def predict_tests(config: Any, task_dir: str, tests: dict[str, str], tag: str) -
 
 
 def _finished(task_dir: str) -> dict | None:
-    path = os.path.join(task_dir, "metrics.json")
-    if not os.path.exists(path):
+    path = fs.path(task_dir) / "metrics.json"
+    if not path.exists():
         return None
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(path.read_text())
 
 
 def _check_encoder(config: Any) -> None:
@@ -491,7 +483,7 @@ def _check_encoder(config: Any) -> None:
         raise config_lib.ConfigError("no encoder: give --init_from=WORKDIR (a pre-training "
                                      "workdir or an import), or --config.tokenizer=PATH to "
                                      "fine-tune from random init")
-    if config.init_from and not os.path.isdir(config.init_from):
+    if config.init_from and not fs.path(config.init_from).is_dir():
         raise config_lib.ConfigError(f"--init_from={config.init_from!r} does not exist; give a "
                                      "pre-training workdir or an import (bertjax.convert)")
     casing = {"": None, "true": True, "false": False}.get(str(config.do_lower_case).lower())
@@ -526,9 +518,9 @@ def run_suite(config: Any, glue_dir: str, workdir: str, tasks: Sequence[str],
         task, and the tasks finished before it stay finished for the next run.
     """
     chief = multihost.is_chief()
-    say = (lambda s: print(s, flush=True)) if chief else (lambda s: None)
+    say = progress.echo if chief else (lambda s: None)  # above the suite's progress bar
     # 1. find
-    if not os.path.isdir(glue_dir):
+    if not fs.path(glue_dir).is_dir():
         raise config_lib.ConfigError(f"--glue_dir={glue_dir!r} is not a directory; give the "
                                      "GLUE download (holding CoLA/, SST-2/, MRPC/, ...)")
     init_from = init_from or config.init_from
@@ -582,8 +574,12 @@ def run_suite(config: Any, glue_dir: str, workdir: str, tasks: Sequence[str],
     if pending:
         _check_encoder(configs[pending[0]])  # the same encoder and batch for every task
     # 3. run
-    os.makedirs(workdir, exist_ok=True)
-    with lock.hold(workdir, chief=chief):  # one suite at a time; each task locks its own
+    fs.path(workdir).mkdir(parents=True, exist_ok=True)
+    # one suite at a time (each task locks its own); a bar of tasks above the tasks' bars
+    with lock.hold(workdir, chief=chief), \
+            progress.bar(len(found), "task", "glue", chief=chief,
+                         wanted=config.get("progress_bar", True)) as tasks_bar:
+        console.log_to(workdir)  # checked and locked: the libraries' lines go to WORKDIR/logs
         results: dict[str, dict] = {}
         for f in found:
             task_dir = os.path.join(workdir, f.task)
@@ -598,8 +594,7 @@ def run_suite(config: Any, glue_dir: str, workdir: str, tasks: Sequence[str],
                     os.path.join(task_dir, "predictions", f"{sub.prediction}.tsv")
                     for sub in (submission_files(f.task) if predict_test else ())]
                 for path in stale if chief else ():  # this run writes them anew
-                    if os.path.exists(path):
-                        os.remove(path)
+                    fs.path(path).unlink(missing_ok=True)
                 multihost.barrier(f"glue {f.task} workdir ready")
                 try:
                     results[f.task] = classify.run(configs[f.task], task_dir, eval_only=False,
@@ -615,6 +610,9 @@ def run_suite(config: Any, glue_dir: str, workdir: str, tasks: Sequence[str],
             summary = summarize(results, skipped, init_from)
             if chief:
                 write_summary(workdir, summary)
+            tasks_bar.set_postfix_str(f"{f.task} done", refresh=False)
+            tasks_bar.update(1)
+        tasks_bar.close()  # (closing twice is harmless)
         # 5. submit
         if predict_test and chief:
             reasons = {t: f"{t} not in --tasks" for t in GLUE_DIRS}

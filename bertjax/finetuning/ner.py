@@ -29,6 +29,8 @@ from typing import Iterable, Sequence, TextIO
 
 import numpy as np
 
+from bertjax.data import fs
+
 IGNORE_INDEX = -100
 Entity = tuple[str, int, int]
 
@@ -253,7 +255,6 @@ def write_conll(out: str | os.PathLike | TextIO, words: Iterable[Sequence[str]],
             buf.write(f"{w} {g} {p}\n")
         buf.write("\n")
     if isinstance(out, (str, os.PathLike)):
-        with open(out, "w", encoding="utf-8") as f:
-            f.write(buf.getvalue())
+        fs.path(out).write_text(buf.getvalue())  # UTF-8, local or gs://
     else:
         out.write(buf.getvalue())

@@ -38,6 +38,7 @@ import optax
 
 from bertjax import config as config_lib
 from bertjax import model as model_lib
+from bertjax.data import fs
 from bertjax.data import tasks as readers
 from bertjax.data.errors import DataError
 from bertjax.finetuning import features
@@ -140,9 +141,7 @@ def score_answers(answers: dict[str, squad.Answer], questions: list[qa_features.
 
 
 def _write_json(path: str, value: Any) -> None:
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=1, ensure_ascii=False)
-    os.replace(path + ".tmp", path)
+    fs.write_atomic(path, json.dumps(value, indent=1, ensure_ascii=False))
 
 
 # ----------------------------------------------------------------------------------- family

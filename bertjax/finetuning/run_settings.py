@@ -6,7 +6,6 @@ warmup) once the training set is read. Used by bertjax/finetuning/runner.py.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import ml_collections
@@ -14,6 +13,7 @@ import ml_collections
 from bertjax import checkpoint as ckpt_lib
 from bertjax import config as config_lib
 from bertjax import rundir
+from bertjax.data import fs
 
 
 def resolved_steps(config: Any, train_size: int) -> tuple[int, int]:
@@ -119,7 +119,7 @@ def check_settings(config: Any, eval_only: bool = False) -> None:
       ConfigError: ``init_from`` missing, no steps to train (a negative ``total_steps``, or
         ``num_epochs`` <= 0 with ``total_steps`` 0) when training, or an unknown ``rng_impl``.
     """
-    if not eval_only and config.init_from and not os.path.isdir(config.init_from):
+    if not eval_only and config.init_from and not fs.path(config.init_from).is_dir():
         raise config_lib.ConfigError(f"config.init_from={config.init_from!r} does not exist; "
                                      "give a pre-training workdir (or one of its "
                                      "checkpoints/N) or an import")
@@ -137,8 +137,9 @@ def check_workdir(workdir: str, eval_only: bool, overwrite: bool) -> None:
     """A workdir holding a pre-training run or an import is neither evaluated as a
     fine-tuning nor written (nor, with --overwrite, emptied) by one: one line saying what it is
     and what to pass instead."""
-    if not os.path.isdir(workdir) or (rundir.step_dir(workdir) is None and not os.path.exists(
-            os.path.join(workdir, rundir.MODEL_CONFIG))):
+    root = fs.path(workdir)
+    if not root.is_dir() or (rundir.step_dir(workdir) is None and not (
+            root / rundir.MODEL_CONFIG).exists()):
         return
     try:
         kind = rundir.resolve(workdir, "--workdir").kind

@@ -39,7 +39,6 @@ import functools
 import json
 import math
 import os
-import shutil
 import time
 from typing import Any, Callable, Protocol
 
@@ -51,14 +50,17 @@ import numpy as np
 
 from bertjax import checkpoint as ckpt_lib
 from bertjax import config as config_lib
+from bertjax import console
 from bertjax import lock
 from bertjax import model as model_lib
 from bertjax import multihost
 from bertjax import optim
+from bertjax import progress
 from bertjax import report
 from bertjax import rundir
 from bertjax import sharding
 from bertjax import train
+from bertjax.data import fs  # local paths and gs:// alike
 from bertjax.data.errors import DataError
 from bertjax.finetuning import encoder
 from bertjax.finetuning import features
@@ -197,7 +199,7 @@ def settle(config: Any, workdir: str, family: Family, eval_only: bool = False,
     else:
         config = ml_collections.ConfigDict(config.to_dict())
     latest_saved = None if eval_only or overwrite else saved_latest(workdir)
-    finished = os.path.exists(os.path.join(workdir, "metrics.json"))
+    finished = fs.path(os.path.join(workdir, "metrics.json")).exists()
     if not eval_only and not overwrite and (saved is not None or latest_saved is not None) and (
             finished or latest_saved is None):
         raise config_lib.ConfigError(f"--workdir={workdir} already holds a fine-tuned model; "
@@ -360,14 +362,13 @@ def build(plan: Plan, say: Callable[[str], Any]) -> Built:
     ckpt_dir, latest_dir = (os.path.join(workdir, rundir.CHECKPOINTS),
                             os.path.join(workdir, LATEST))
     best_path = os.path.join(workdir, "best.json")
-    os.makedirs(os.path.join(workdir, "predictions"), exist_ok=True)
+    fs.path(os.path.join(workdir, "predictions")).mkdir(parents=True, exist_ok=True)
     if plan.overwrite and chief and not plan.eval_only:
         for path in (ckpt_dir, latest_dir):
-            if os.path.isdir(path):
-                shutil.rmtree(path)
+            if fs.path(path).is_dir():
+                fs.path(path).rmtree()
         for path in (best_path, os.path.join(workdir, "metrics.json")):  # an interrupted
-            if os.path.exists(path):  # rerun must not look finished
-                os.remove(path)
+            fs.path(path).unlink(missing_ok=True)  # rerun must not look finished
     multihost.barrier("finetune workdir ready")
     ckpt = ckpt_lib.Checkpointer(ckpt_dir, every=1, keep=1, async_save=False)
     latest = None if plan.eval_only else ckpt_lib.Checkpointer(latest_dir, every=1, keep=1,
@@ -392,9 +393,8 @@ def build(plan: Plan, say: Callable[[str], Any]) -> Built:
         state, best["step"] = ckpt.restore(ckpt_lib.abstract_like(state, state_sh))
     elif plan.resume:  # the step, optimizer state and RNG of the interrupted run, and its best
         state, start = latest.restore(ckpt_lib.abstract_like(state, state_sh))
-        if os.path.exists(best_path):
-            with open(best_path) as f:
-                best = json.load(f)
+        if fs.path(best_path).exists():
+            best = json.loads(fs.path(best_path).read_text())
         say(f"resuming from step {start} (best so far: step {best['step']})")
     elif config.init_from:
         state = state.replace(params=train.restore_params(config.init_from, state.params,
@@ -427,12 +427,13 @@ def _step_rows(plan: Plan, step: int) -> tuple[dict, int]:
 
 def train_loop(plan: Plan, built: Built, writer: report.MetricsWriter,
                say: Callable[[str], Any],
-               stops: multihost.StopRequests | None = None) -> dict[str, float]:
+               stops: multihost.StopRequests | None = None, bar: Any = None) -> dict[str, float]:
     """Phase 3: trains from ``built.start`` to the last step, evaluating dev on its cadence
     and keeping the checkpoint of the best headline metric (``built.state`` and ``built.best``
     follow). Returns the training speed (``training_speed``: none when too little training
     time was measured): from the end of the first step (compiled by then) to the end of the
-    last, without the time evaluations and checkpoints take.
+    last, without the time evaluations and checkpoints take. ``bar`` (bertjax.progress.bar,
+    closed by the caller) follows the steps with the loss and the last dev headline metric.
 
     A stop request (SIGTERM, a first Ctrl-C, a preemption another host was told of) saves the
     resumable state of the step just done and raises multihost.Stopped."""
@@ -443,6 +444,8 @@ def train_loop(plan: Plan, built: Built, writer: report.MetricsWriter,
     eval_every = config.eval_every or plan.trainset.rows // config.global_batch_size
     state, pending = built.state, None
     clock = {"t0": None, "step0": built.start, "examples": 0, "paused": 0.0}
+    bar = progress.Off(built.start) if bar is None else bar
+    shown = {}  # the bar's figures: the last loss read, the last dev headline metric
     for step in range(built.start, total):
         local, taken = _step_rows(plan, step)
         state, m = built.step_fn(state, multihost.global_batch(local, built.batch_sh))
@@ -460,6 +463,9 @@ def train_loop(plan: Plan, built: Built, writer: report.MetricsWriter,
                 f"the best checkpoint so far (step {built.best['step']}) is kept")
             if pending[0] % config.log_every == 0:
                 writer.write(pending[0], "train", values)
+            shown["loss"] = f"{values['loss']:.4f}"
+            bar.update(pending[0] - bar.n)
+            bar.set_postfix(shown)
         pending = (step + 1, m)
         done = step + 1
         paused = time.perf_counter()
@@ -472,6 +478,8 @@ def train_loop(plan: Plan, built: Built, writer: report.MetricsWriter,
                 if k != "examples" and isinstance(v, (int, float))))
             writer.write(done, "dev", result)
             writer.flush()
+            shown[f"dev_{head}"] = f"{result[head]:.4f}"
+            bar.set_postfix(shown)
             # The first evaluation is always kept; later ones only when strictly better
             # (a nan correlation, from constant predictions, never is).
             if built.best["step"] is None or result[head] > built.best[head]:
@@ -493,6 +501,8 @@ def train_loop(plan: Plan, built: Built, writer: report.MetricsWriter,
                 f"stopped by {name}: saved step {done} in {plan.workdir}; run the same command "
                 "to resume from it", 130 if name == "SIGINT" else 0)
         clock["paused"] += time.perf_counter() - paused
+    bar.update(total - bar.n)
+    bar.close()  # before the speed line (closing twice is harmless)
     built.ckpt.wait()
     built.state = state
     if clock["t0"] is None or total <= clock["step0"]:
@@ -549,8 +559,8 @@ def report_run(plan: Plan, built: Built, speed: dict, writer: report.MetricsWrit
         built.latest.close()
         multihost.barrier("finetune finished")
         latest_dir = os.path.join(plan.workdir, LATEST)
-        if chief and os.path.isdir(latest_dir):  # finished: nothing left to resume
-            shutil.rmtree(latest_dir)
+        if chief and fs.path(latest_dir).is_dir():  # finished: nothing left to resume
+            fs.path(latest_dir).rmtree()
     head = family.metric_names[0]
     summary.update({"headline": head, "best_step": built.best["step"],
                     "steps": config.total_steps,
@@ -570,9 +580,7 @@ def report_run(plan: Plan, built: Built, speed: dict, writer: report.MetricsWrit
 
 
 def _json(path: str, value: Any) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f, indent=2)
-    os.replace(path + ".tmp", path)
+    fs.write_atomic(path, json.dumps(value, indent=2))
 
 
 def pad_targets(arrays: dict[str, np.ndarray], like: dict[str, np.ndarray]) -> dict:
@@ -603,13 +611,18 @@ def run(config: Any, workdir: str, family: Family, eval_only: bool = False,
     """
     t_start = time.perf_counter()
     chief = multihost.is_chief()
-    say = (lambda s: print(f"[{tag}] {s}" if tag else s, flush=True)) if chief else (lambda s: 0)
+    # (above an open progress bar, not into it)
+    say = (lambda s: progress.echo(f"[{tag}] {s}" if tag else s)) if chief else (lambda s: 0)
     plan = settle(config, workdir, family, eval_only, overwrite)
     describe(plan, say)
     # From here on the workdir is written: one process at a time.
     with lock.hold(workdir, chief=chief), multihost.StopRequests() as stops:
+        console.log_to(workdir)  # checked and locked: the libraries' lines go to WORKDIR/logs
         built = build(plan, say)
         writer = report.MetricsWriter(workdir, enabled=chief and not eval_only,
                                       tensorboard=bool(plan.config.get("tensorboard", True)))
-        speed = {} if eval_only else train_loop(plan, built, writer, say, stops)
+        with progress.bar(plan.config.total_steps, "step", f"[{tag}] finetune" if tag else
+                          "finetune", initial=built.start, chief=chief,
+                          wanted=not eval_only and plan.config.get("progress_bar", True)) as bar:
+            speed = {} if eval_only else train_loop(plan, built, writer, say, stops, bar)
         return report_run(plan, built, speed, writer, say, time.perf_counter() - t_start)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from typing import Any, Callable
 
 import jax
@@ -24,6 +23,7 @@ import numpy as np
 
 from bertjax import config as config_lib
 from bertjax import multihost
+from bertjax.data import fs
 from bertjax.data import tasks as readers
 
 TFDS_PREFIX = "tfds:"  # a split path "tfds:NAME:SPLIT" reads from TFDS, not from a file
@@ -100,7 +100,7 @@ def sources(config: Any, eval_only: bool) -> dict[str, str]:
                                          "(--config.data.dev=PATH)")
         out = {k: d[k] for k in ("train", "dev", "dev_mismatched", "test") if d.get(k, "")}
         for key, path in out.items():
-            if not os.path.isfile(path) and not (key == "train" and eval_only):
+            if not fs.is_file(path) and not (key == "train" and eval_only):
                 raise config_lib.ConfigError(f"config.data.{key}={path!r} does not exist")
     if eval_only:
         out.pop("train", None)

@@ -43,6 +43,7 @@ import optax
 from bertjax import config as config_lib
 from bertjax import model as model_lib
 from bertjax import multihost
+from bertjax.data import fs
 from bertjax.data import tasks as readers
 from bertjax.data.errors import DataError
 from bertjax.finetuning import features
@@ -355,6 +356,6 @@ class TaggingFamily:
         # CoNLL columns are space-separated: a word TFDS or a file holds with spaces is joined.
         words = [["_".join(w.split()) or "_" for w in s["words"]] for s in sentences]
         path = os.path.join(directory, f"{name}.conll")
-        ner.write_conll(path + ".tmp", words, [s["tags"] for s in sentences],
-                        self.predicted_tags(outputs, split))
-        os.replace(path + ".tmp", path)
+        with fs.atomic_write(path) as f:
+            ner.write_conll(f, words, [s["tags"] for s in sentences],
+                            self.predicted_tags(outputs, split))

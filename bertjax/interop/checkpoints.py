@@ -42,6 +42,7 @@ from flax import traverse_util
 
 from bertjax import config as config_lib
 from bertjax import model as model_lib
+from bertjax import progress
 from bertjax import rundir
 from bertjax.data import glue
 from bertjax.data import wordpiece
@@ -52,6 +53,7 @@ from bertjax.interop import mapping
 from bertjax.interop import tf1
 
 MODEL_CONFIG = rundir.MODEL_CONFIG
+IMPORT_STAGES, EXPORT_STAGES = 3, 2  # a progress bar's steps: read, map, write / read, write
 
 
 class ConvertError(ValueError):
@@ -244,12 +246,15 @@ def save_workdir_state(directory: str, params: Any, cfg: model_lib.BertConfig) -
 
 
 def import_checkpoint(kind: str, input_dir: str, workdir: str,
-                      do_lower_case: bool | None = None) -> ImportSummary:
+                      do_lower_case: bool | None = None, bar: Any = None) -> ImportSummary:
     """Imports an HF (``kind="hf"``) or google-research (``"tf"``) checkpoint into a new workdir.
+    ``bar`` (bertjax.progress.bar of IMPORT_STAGES) is advanced after reading, mapping and
+    writing, with the tensors and bytes done.
 
     Raises:
       ConvertError: one line naming the bad input; nothing is left at ``workdir``.
     """
+    bar = progress.Off() if bar is None else bar
     check_output(workdir)
     config = _read_config(kind, input_dir)  # checked before any (big) weights are read
     if config.get("model_type", "bert") != "bert":
@@ -260,6 +265,7 @@ def import_checkpoint(kind: str, input_dir: str, workdir: str,
     except (ValueError, TypeError) as e:
         raise ConvertError(f"{input_dir}: {e}") from None
     _, tensors, _ = _read_source(kind, input_dir)
+    _stage(bar, f"read {len(tensors)} tensors, {_megabytes(tensors)}")
     ignored: list[str] = []
     try:
         if kind == "tf":
@@ -267,6 +273,7 @@ def import_checkpoint(kind: str, input_dir: str, workdir: str,
         params, report = mapping.params_from_hf(tensors, cfg, init_params=_init_params(cfg))
     except ValueError as e:
         raise ConvertError(str(e)) from None
+    _stage(bar, f"mapped {len(report.used)} tensors")
     settings = _casing(input_dir, do_lower_case)
     vocab = os.path.join(input_dir, "vocab.txt")
     if os.path.exists(vocab):
@@ -291,8 +298,20 @@ def import_checkpoint(kind: str, input_dir: str, workdir: str,
                 os.remove(os.path.join(tmp, "tokenizer_config.json"))
 
     _atomic_dir(workdir, fill)
+    _stage(bar, f"wrote {_megabytes(jax.tree.leaves(params))}")
     return ImportSummary(os.path.abspath(workdir), cfg, report, ignored,
                          settings.get("do_lower_case"))
+
+
+def _stage(bar: Any, done: str) -> None:
+    """One stage of a conversion done; the bar says what it did."""
+    bar.set_postfix_str(done, refresh=False)
+    bar.update(1)
+
+
+def _megabytes(tensors: Any) -> str:
+    values = tensors.values() if isinstance(tensors, dict) else tensors
+    return f"{sum(np.asarray(v).nbytes for v in values) / 1e6:,.1f} MB"
 
 
 def _read_pretraining(run: rundir.Run) -> tuple[Any, model_lib.BertConfig]:
@@ -592,8 +611,9 @@ def _error_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
 
 
-def export(path: str, output: str) -> ExportSummary:
-    """Writes an HF directory from a workdir's newest readable checkpoint (or the step given).
+def export(path: str, output: str, bar: Any = None) -> ExportSummary:
+    """Writes an HF directory from a workdir's newest readable checkpoint (or the step given);
+    ``bar`` (bertjax.progress.bar of EXPORT_STAGES) is advanced after reading and writing.
 
     What is written depends on the run kind (``EXPORTS``): a pre-training run or an import as
     BertForPreTraining, a fine-tuning as its task family's class with the head (``TASK_HEADS``).
@@ -604,6 +624,7 @@ def export(path: str, output: str) -> ExportSummary:
       ConfigError: ``path`` is no bertjax run directory (bertjax.rundir, one line).
       ConvertError: ``output`` exists, or no step of ``path`` can be read (one line).
     """
+    bar = progress.Off() if bar is None else bar
     check_output(output)
     candidates, skipped = _candidates(path)
     if not candidates:
@@ -626,6 +647,7 @@ def export(path: str, output: str) -> ExportSummary:
                 raise ConvertError(f"--input={path}: no checkpoint step can be exported: step "
                                    f"{failed[0]}{older}") from e
     skipped += failed
+    _stage(bar, f"read step {run.step}: {len(exported.tensors)} tensors")
     tokenizer, no_tokenizer = _tokenizer_of(run)
     if tokenizer is not None and tokenizer.kind == "sentencepiece":
         try:  # checked before anything is written
@@ -648,6 +670,7 @@ def export(path: str, output: str) -> ExportSummary:
                                              exported.cfg.max_position_embeddings)
 
     _atomic_dir(output, fill)
+    _stage(bar, f"wrote {_megabytes(exported.tensors)}")
     return ExportSummary(os.path.abspath(output), run.kind, run.step, exported, no_tokenizer,
                          skipped)
 

@@ -261,7 +261,9 @@ def test_nonfinite_stop_prints_its_line_after_the_progress_bar(tmp_path):
                  "--config.eval_batch_size=16", "--config.total_steps=20",
                  "--config.eval_every=100", "--config.checkpoint_every=100",
                  "--config.data.inject_nan_from=2", "--config.max_nonfinite_steps=2",
-                 "--config.progress_bar=True", "--config.optim.warmup_steps=1")
+                 "--config.progress_bar=True", "--config.optim.warmup_steps=1",
+                 env={"BERTJAX_PROGRESS": "1"})  # drawn although stderr is captured
+    assert "step/s" in result.stderr  # the bar was drawn
     assert_one_error(result, "2 steps in a row")
 
 
