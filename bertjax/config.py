@@ -108,6 +108,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.global_batch_size = 64
     c.accum_steps = 1
+    # When accumulated gradients cross devices: "step" sums micro-batches on each device and
+    # reduces once a step; "micro_batch" reduces every micro-batch (FSDP's memory). train.accumulate
+    c.accum_reduce = "step"
     c.max_seq_length = 128
     c.max_predictions = 20
     c.total_steps = 1000
@@ -273,6 +276,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, 
       ConfigError: with one line naming the value, what was expected and how to fix it.
     """
     _check(config.accum_steps >= 1, f"config.accum_steps={config.accum_steps}; expected >= 1")
+    _check(config.get("accum_reduce", "step") in ("step", "micro_batch"),
+           f"config.accum_reduce={config.get('accum_reduce')!r}; expected 'step' (one gradient "
+           "reduction a step) or 'micro_batch' (one per micro-batch, FSDP's memory)")
     mcfg = model_config(config)
     shape = check_mesh(config, mcfg, num_devices, 1, config.accum_steps)
     _check(0 < config.max_predictions <= config.max_seq_length,
@@ -344,6 +350,8 @@ MEANINGS = {
                           "trust ratio; 0: like every other weight",
     "global_batch_size": "sequences per optimizer step, over all hosts and micro-batches",
     "accum_steps": "micro-batches accumulated per step (memory, not the batch, shrinks)",
+    "accum_reduce": "step: gradients summed on each device, reduced once a step (parameters "
+                    "gathered once); micro_batch: reduced every micro-batch (FSDP's memory)",
     "max_seq_length": "tokens per row, [CLS]/[SEP] included",
     "max_predictions": "masked positions per row the MLM loss reads",
     "total_steps": "optimizer steps of the run",

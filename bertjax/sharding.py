@@ -186,6 +186,9 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
         return x
     mesh, rules = active
     spec = logical_to_spec(names, x.shape, mesh, rules)
+    inner = jax.sharding.get_abstract_mesh()
+    if not inner.empty and inner.manual_axes:  # inside a shard_map: its mesh, manual axes marked
+        return jax.lax.with_sharding_constraint(x, NamedSharding(inner, spec))
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
@@ -246,6 +249,27 @@ def batch_sharding(mesh: Mesh, rules: Rules, ndim: int, batch_size: int) -> Name
 def batch_parallelism(mesh: Mesh, rules: Rules) -> int:
     """How many ways the batch dimension is split by the act_batch rule."""
     return math.prod(mesh.shape[a] for a in _mesh_axes_for("act_batch", rules))
+
+
+def batch_axes(mesh: Mesh, rules: Rules, batch_size: int) -> tuple[str, ...]:
+    """The mesh axes a batch dimension of ``batch_size`` rows is split over by the act_batch
+    rule (those that divide it, as ``logical_to_spec`` resolves them): the axes a
+    data-parallel reduction crosses."""
+    spec = logical_to_spec(("act_batch",), (batch_size,), mesh, rules)
+    if not spec or spec[0] is None:
+        return ()
+    return (spec[0],) if isinstance(spec[0], str) else tuple(spec[0])
+
+
+def without_mesh_axes(rules: Rules, axes: Sequence[str]) -> tuple[tuple[str, Any], ...]:
+    """``rules`` with the mesh axes ``axes`` taken out of every mapping: the rules inside a
+    function that is manual over those axes (shard_map), where only the others may be named."""
+    out = []
+    for logical, mesh_axes in rules:
+        kept = tuple(a for a in ((mesh_axes,) if isinstance(mesh_axes, str) else
+                                 (mesh_axes or ())) if a not in axes)
+        out.append((logical, None if not kept else kept[0] if len(kept) == 1 else kept))
+    return tuple(out)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -64,6 +64,7 @@ class StepFns:
     state_shardings: TrainState | None = None
     param_shardings: Any = None  # only without state_shardings
     accum_steps: int = 1
+    accum_reduce: str = "step"  # see ``accumulate``
     nsp: bool = True
     skip_nonfinite: bool = True
 
@@ -253,12 +254,82 @@ def apply_gradients(state: TrainState, grads: Any, loss: jax.Array,
                          bad_streak=bad_streak), grad_norm
 
 
+ACCUM_REDUCE = ("step", "micro_batch")
+
+
+def _sum_micro_batches(grad_fn: Callable, params: Any, micro: Batch, rng: jax.Array,
+                       denoms: tuple, k: int, varying: tuple[str, ...] = ()) -> tuple[Any, Any]:
+    """(gradients, (mlm, nsp) statistics) summed over k micro-batches ([k, b, ...] leaves) by a
+    ``lax.scan``; micro-batch i draws dropout from ``fold_in(rng, i)``. ``varying``: the manual
+    mesh axes the sums differ over (inside ``accumulate``'s shard_map)."""
+    def body(carry, xs):
+        i, mb = xs
+        (_, aux_i), g = grad_fn(params, mb, jax.random.fold_in(rng, i), denoms)
+        return jax.tree.map(jnp.add, carry, (g, aux_i)), None
+
+    stats = {k_: jnp.zeros((), jnp.float32) for k_ in ("loss_sum", "correct", "count")}
+    if varying:  # the gradients' zeros are already varying: zeros_like of varying parameters
+        stats = jax.lax.pcast(stats, varying, to="varying")
+    zeros = (jax.tree.map(jnp.zeros_like, params), (stats, dict(stats)))
+    return jax.lax.scan(body, zeros, (jnp.arange(k), micro))[0]
+
+
+def accumulate(grad_fn: Callable, params: Any, micro: Batch, rng: jax.Array, denoms: tuple,
+               fns: StepFns) -> tuple[Any, Any]:
+    """The summed gradients and statistics of ``fns.accum_steps`` micro-batches.
+
+    ``fns.accum_reduce`` says when they cross devices:
+
+      * "step": each device sums its own rows' gradients over every micro-batch, with no
+        communication in the loop, and one sum across the batch-parallel devices follows it
+        (an all-reduce, or a reduce-scatter where parameters are split over fsdp). Inside, the
+        function is manual over the batch axes (``jax.shard_map``; the tensor axis stays the
+        compiler's): parameters split over fsdp are gathered once, on entry, and every device
+        holds a whole (tensor-split) gradient accumulator. Each batch shard draws dropout from
+        its own key (``fold_in`` of its index), so with dropout on the masks depend on how
+        many ways the batch is split.
+      * "micro_batch": the accumulator has the parameters' shardings, so every micro-batch's
+        gradient is reduced into it: FSDP's memory (nothing gathered whole), accum_steps
+        times the communication.
+
+    Args:
+      grad_fn: ``value_and_grad`` of ``loss_fn(params, micro_batch, key, denoms)`` with aux.
+      micro: the batch split by ``_split_micro``: [k, b, ...] leaves.
+
+    Returns:
+      (gradients in the parameters' shardings, (mlm, nsp) statistics).
+    """
+    k = fns.accum_steps
+    rows = jax.tree.leaves(micro)[0].shape[1]  # a micro-batch's rows
+    axes = sharding.batch_axes(fns.mesh, fns.rules, rows)
+    if fns.accum_reduce == "micro_batch" or not axes:
+        return _sum_micro_batches(grad_fn, params, micro, rng, denoms, k)
+    inner_rules = sharding.without_mesh_axes(fns.rules, axes)
+
+    def local(params, micro, rng, denoms):  # one device's rows of every micro-batch
+        # Varying over the batch axes from here: the gradients stay this device's own (without
+        # the cast, JAX would sum each micro-batch's gradient across devices)
+        params = jax.lax.pcast(params, axes, to="varying")
+        rng = jax.random.fold_in(rng, jax.lax.axis_index(axes))
+        with sharding.activation_rules(fns.mesh, inner_rules):
+            summed = _sum_micro_batches(grad_fn, params, micro, rng, denoms, k, axes)
+        return jax.tree.map(lambda x: x[None], summed)  # [1, ...]: stacked over devices
+
+    P = jax.sharding.PartitionSpec
+    stacked = jax.shard_map(local, mesh=fns.mesh, in_specs=(P(), P(None, axes), P(), P()),
+                            out_specs=P(axes), axis_names=set(axes))(params, micro, rng, denoms)
+    grads, aux = jax.tree.map(lambda x: jnp.sum(x, axis=0), stacked)  # the one reduction
+    grads = jax.lax.with_sharding_constraint(grads, fns.params_shardings)
+    return grads, aux
+
+
 def train_step(state: TrainState, batch: Batch, fns: StepFns) -> tuple[TrainState, dict]:
     """One optimizer step on a global batch (pure; jit it with ``jit_train_step``).
 
     The loss is MLM sum / (masked tokens in the whole global batch) + NSP sum / NSP predictions
     (one per row, or one per pair of packed rows), so k accumulated micro-batches give exactly
-    the gradient of the concatenated batch.
+    the gradient of the concatenated batch; how their gradients cross devices is
+    ``fns.accum_reduce``'s (``accumulate``).
     """
     rng = jax.random.fold_in(state.rng, state.step)
     mlm_denom = jnp.maximum(jnp.sum(batch["masked_lm_weights"].astype(jnp.float32)), 1.0)
@@ -267,25 +338,18 @@ def train_step(state: TrainState, batch: Batch, fns: StepFns) -> tuple[TrainStat
     if weights is not None:  # packed rows hold several pairs; eval batches padding rows
         nsp_denom = jnp.maximum(jnp.sum(weights.astype(jnp.float32)), 1.0)
 
-    def loss_fn(params, micro, key):
+    def loss_fn(params, micro, key, denoms):
         mlm, nsp = _forward(fns.model, params, micro, key, fns.nsp)
-        loss = mlm["loss_sum"] / mlm_denom + nsp["loss_sum"] / nsp_denom
+        loss = mlm["loss_sum"] / denoms[0] + nsp["loss_sum"] / denoms[1]
         return loss, (mlm, nsp)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    denoms = (mlm_denom, nsp_denom)
     if fns.accum_steps == 1:
-        (_, aux), grads = grad_fn(state.params, batch, rng)
+        (_, aux), grads = grad_fn(state.params, batch, rng, denoms)
     else:
-        micro = _split_micro(batch, fns.accum_steps)
-
-        def body(carry, xs):
-            i, mb = xs
-            (_, aux_i), g = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
-            return jax.tree.map(jnp.add, carry, (g, aux_i)), None
-
-        stats = {k: jnp.zeros((), jnp.float32) for k in ("loss_sum", "correct", "count")}
-        zeros = (jax.tree.map(jnp.zeros_like, state.params), (stats, dict(stats)))
-        (grads, aux), _ = jax.lax.scan(body, zeros, (jnp.arange(fns.accum_steps), micro))
+        grads, aux = accumulate(grad_fn, state.params, _split_micro(batch, fns.accum_steps),
+                                rng, denoms, fns)
     mlm, nsp = aux
     loss = mlm["loss_sum"] / mlm_denom + nsp["loss_sum"] / nsp_denom
     new_state, grad_norm = apply_gradients(state, grads, loss, fns)
@@ -412,7 +476,8 @@ def build(config: Any, mesh: Mesh, abstract: bool = False) -> tuple[TrainState, 
     state, shardings = create_train_state(model, tx, mesh, rules, config.seed,
                                           abstract=abstract)
     fns = StepFns(model=model, mesh=mesh, rules=rules, tx=tx, schedule=schedule,
-                  state_shardings=shardings, accum_steps=config.accum_steps, nsp=config.nsp,
+                  state_shardings=shardings, accum_steps=config.accum_steps,
+                  accum_reduce=config.get("accum_reduce", "step"), nsp=config.nsp,
                   skip_nonfinite=config.max_nonfinite_steps > 0)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info("model %s: %s parameters on mesh %s", config.model.preset, f"{n_params:,}",
