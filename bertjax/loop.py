@@ -37,6 +37,7 @@ from bertjax import report
 from bertjax import rundir
 from bertjax import sharding
 from bertjax import train
+from bertjax.bench import flops as flops_lib
 
 
 def check_writable(workdir: str) -> None:
@@ -194,6 +195,7 @@ def _finished(workdir: str, step: int, total_steps: int, chief: bool) -> dict[st
     last = {split: next(({k: v for k, v in r.items() if k not in ("step", "split")}
                          for r in reversed(rows) if r.get("split") == split), {})
             for split in ("train", "eval")}
+    flops, mfu = last["train"].get("model_flops_per_s_per_device"), last["train"].get("mfu")
     if chief:
         lines = {"workdir": workdir, "steps": f"{step} / {total_steps} (finished earlier; "
                  "raise --config.total_steps to train on)"}
@@ -203,10 +205,12 @@ def _finished(workdir: str, step: int, total_steps: int, chief: bool) -> dict[st
                           ("nsp_accuracy", "eval NSP accuracy")):
             if key in last["eval"]:
                 lines[name] = f"{last['eval'][key]:.4f}"
+        if flops is not None:  # at its last logged step (older runs did not log it)
+            lines["model FLOP/s per device"] = flops_lib.utilization_line(flops, mfu, None)
         lines["metrics"] = os.path.join(workdir, "metrics.jsonl")
         print(report.summary(lines), flush=True)
     return {"step": step, "train": last["train"], "eval": last["eval"], "tokens_per_s": 0.0,
-            "data_wait_share": 0.0}
+            "data_wait_share": 0.0, "model_flops_per_s_per_device": flops, "mfu": mfu}
 
 
 def _memory_line(compiled: Any) -> str:
@@ -257,7 +261,7 @@ def _compile(fns: train.StepFns, state: train.TrainState, first: dict, eval_it: 
 
 
 def _report(config: Any, workdir: str, mesh_shape: dict, metrics_path: str, eval_it: Any,
-            result: dict[str, Any]) -> None:
+            result: dict[str, Any], utilization: flops_lib.Utilization) -> None:
     """Phase 6 (chief): the most-frequent-token baseline into ``result``, curves.png and the
     summary table."""
     last, last_eval = result["train"], result["eval"]
@@ -276,6 +280,7 @@ def _report(config: Any, workdir: str, mesh_shape: dict, metrics_path: str, eval
         "throughput": f"{result['tokens_per_s']:,.0f} tokens/s, "
                       f"{result['real_tokens_per_s']:,.0f} of them not padding "
                       f"({100 * result['padding_share']:.1f}% padding)",
+        "model FLOP/s per device": utilization.line(result["model_flops_per_s_per_device"]),
         "waiting for data": f"{100 * result['data_wait_share']:.2f}% of the time",
         "curves": png, "metrics": metrics_path,
     }), flush=True)
@@ -337,6 +342,7 @@ def _run(config: Any, workdir: str, allow_config_change: bool, shape: tuple[int,
 
     # 5. train
     tokens = config.global_batch_size * config.max_seq_length
+    utilization = flops_lib.Utilization.of(config, jax.devices())  # every host's devices
     progress = progress_lib.bar(config.total_steps, "step", "pretrain", initial=start,
                                 wanted=config.progress_bar, chief=chief)
     pending, last, last_eval = None, {}, {}
@@ -351,7 +357,9 @@ def _run(config: Any, workdir: str, allow_config_change: bool, shape: tuple[int,
         real_tokens += values["real_tokens"]
         elapsed = max(time.perf_counter() - t_start, 1e-9)
         rate = tokens * (s - start) / elapsed  # since this start, compile excluded
-        values.update(tokens_per_s=rate, data_wait_share=data_wait / elapsed)
+        flops = utilization.flops_per_s(real_tokens, elapsed)  # real tokens only, likewise
+        values.update(tokens_per_s=rate, data_wait_share=data_wait / elapsed,
+                      model_flops_per_s_per_device=flops, mfu=utilization.mfu(flops))
         if s % config.log_every == 0 or s == config.total_steps:
             writer.write(s, "train", values)
         progress.update(s - progress.n)
@@ -404,12 +412,14 @@ def _run(config: Any, workdir: str, allow_config_change: bool, shape: tuple[int,
               # tokens that are not padding: what packing (config.data.pairs_per_row) raises
               "real_tokens_per_s": real_tokens / max(elapsed, 1e-9),
               "padding_share": 1.0 - real_tokens / max(tokens * steps_run, 1),
-              "data_wait_share": data_wait / max(elapsed, 1e-9)}
+              "data_wait_share": data_wait / max(elapsed, 1e-9),
+              "model_flops_per_s_per_device": utilization.flops_per_s(real_tokens, elapsed)}
+    result["mfu"] = utilization.mfu(result["model_flops_per_s_per_device"])  # None: no peak
     if stop:  # saved; the command says so and exits (130 after Ctrl-C)
         signal_name = stops.signal or "SIGTERM"  # a preemption another host was told of
         raise multihost.Stopped(
             f"stopped by {signal_name}: saved step {result['step']} in {workdir}; run the same "
             "command to resume from it", 130 if signal_name == "SIGINT" else 0)
     if chief and last_eval:
-        _report(config, workdir, dict(mesh.shape), writer.path, eval_it, result)
+        _report(config, workdir, dict(mesh.shape), writer.path, eval_it, result, utilization)
     return result

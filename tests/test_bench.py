@@ -10,11 +10,13 @@ No timing is asserted: only that the measured numbers are consistent with each o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import subprocess
 import sys
+import types
 
 import flax.linen as nn
 import jax
@@ -110,7 +112,53 @@ def test_peak_table_matches_device_kinds():
     assert flops.table_peak_flops("NVIDIA H100 PCIe") == 756e12
     assert flops.table_peak_flops("NVIDIA H200") == 989e12
     assert flops.table_peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
+    assert flops.table_peak_flops("TPU v4") == 275e12
+    assert flops.table_peak_flops("TPU v5 lite") == 197e12  # v5e, before "TPU v5" (v5p)
+    assert flops.table_peak_flops("TPU v5") == 459e12
+    assert flops.table_peak_flops("TPU v6 lite") == 918e12
+    assert flops.table_peak_flops("TPU7x") == 2307e12  # a chip: two devices
     assert flops.table_peak_flops("cpu") is None
+
+
+def test_a_devices_peak_is_its_chips_shared_by_the_devices_a_chip_shows_as():
+    def tpu(kind, chips, per_chip):
+        return [types.SimpleNamespace(device_kind=kind, coords=(c, 0, 0), core_on_chip=k)
+                for c in range(chips) for k in range(per_chip)]
+    assert flops.device_peak_flops(tpu("TPU7x", 4, 2)) == 2307e12 / 2  # TensorCores as devices
+    assert flops.device_peak_flops(tpu("TPU v5 lite", 4, 1)) == 197e12
+    assert flops.device_peak_flops(tpu("TPU v4", 4, 1)) == 275e12  # megacore: one a chip
+    gpus = [types.SimpleNamespace(device_kind="NVIDIA H100 80GB HBM3")] * 8  # no coords
+    assert flops.device_peak_flops(gpus) == 989e12
+    assert flops.device_peak_flops(jax.devices()) is None  # the CPU: no datasheet
+
+
+def test_model_flops_per_s_count_real_tokens_only():
+    c = config_lib.base_config()
+    c.model.preset, c.model.vocab_size, c.model.prune_last_layer = "tiny", 1000, False
+    c.global_batch_size, c.max_seq_length, c.max_predictions = 16, 32, 5
+    m = config_lib.model_config(c)
+    d, f, n, v, b, l, p = (m.hidden_size, m.intermediate_size, m.num_layers, m.vocab_size,
+                           16, 32, 5)
+    # the published BERT MFU convention, 6·N + 12·layers·L·D a token (N: the encoder's dense
+    # weights), with the MLM head (p rows) and pooler/NSP (one row) spread over the row's l
+    per_token = (6 * (4 * d * d + 2 * d * f) * n + 12 * n * l * d
+                 + 6 * ((d * d + d * v) * p + d * d + 2 * d) / l)
+    u = flops.Utilization.of(c, jax.devices())
+    assert u.flops_per_token == pytest.approx(per_token, rel=1e-12)
+    full = u.flops_per_s(b * l, 0.5)  # no padding: the step's model FLOPs over its time
+    assert full == pytest.approx(flops.pretraining_flops(c)["total"] / 0.5 / jax.device_count())
+    # half the positions padding at the same step time: half the FLOP/s
+    assert u.flops_per_s(b * l / 2, 0.5) == pytest.approx(full / 2)
+    # no datasheet peak on the CPU: no MFU, and the line says why
+    assert u.peak is None and u.mfu(full) is None
+    assert u.line(full) == (f"{flops.format_flops(full)} (real tokens), "
+                            "MFU n/a: no datasheet peak for cpu")
+    v5e = dataclasses.replace(u, peak=flops.device_peak_flops(
+        [types.SimpleNamespace(device_kind="TPU v5 lite", coords=(0, 0, 0))]),
+        device_kind="TPU v5 lite")
+    assert v5e.mfu(98.5e12) == pytest.approx(0.5)
+    assert v5e.line(81.2e12) == ("81.2 TFLOP/s (real tokens), MFU 41.2% of TPU v5 lite's "
+                                 "bf16 peak")
 
 
 def _tiny_config(**overrides):

@@ -21,9 +21,10 @@ LAYERS = {
                      "convert", "api", "__main__", "plan"), 4),
 }
 # Imports across layer-3 groups that are part of the design: the pre-training loop reads its
-# inputs; the benchmark compares against transformers through the HF parameter mapping; the
-# HF export of a fine-tuning reads its family and labels as fine-tuning does.
-ACROSS = {("loop", "inputs"), ("bench", "interop"), ("interop", "finetuning")}
+# inputs, and reports model FLOP/s and MFU with the benchmark's one FLOP formula and peaks
+# (bench/flops.py); the benchmark compares against transformers through the HF parameter
+# mapping; the HF export of a fine-tuning reads its family and labels as fine-tuning does.
+ACROSS = {("loop", "inputs"), ("loop", "bench"), ("bench", "interop"), ("interop", "finetuning")}
 
 
 def _modules() -> dict[str, str]:

@@ -15,6 +15,7 @@ import sys
 import time
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -24,6 +25,7 @@ from bertjax import report
 from bertjax import rundir
 from bertjax import sharding
 from bertjax import train
+from bertjax.bench import flops
 
 from run_metrics import train_losses  # noqa: E402
 from envs import xla_flags  # noqa: E402
@@ -127,8 +129,9 @@ def test_exact_resume_after_sigkill(cache, straight, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     acc = EventAccumulator(os.path.dirname(events[0]), size_guidance={"scalars": 0})
     acc.Reload()
-    assert {"loss", "learning_rate", "tokens_per_s", "data_wait_share"} <= set(
-        acc.Tags()["scalars"])
+    assert {"loss", "learning_rate", "tokens_per_s", "data_wait_share",
+            "model_flops_per_s_per_device"} <= set(acc.Tags()["scalars"])
+    assert "mfu" not in acc.Tags()["scalars"]  # no datasheet peak for a CPU: nothing to plot
     loss = acc.Scalars("loss")  # TensorBoard's scalar dashboard reads these
     assert [e.step for e in loss] == list(range(1, 13))
     jsonl = {r["step"]: r["loss"] for r in report.read_metrics(straight) if r["split"] == "train"}
@@ -137,6 +140,20 @@ def test_exact_resume_after_sigkill(cache, straight, tmp_path):
     assert "most-frequent-token acc." in _log(straight)
     padding = re.search(r"of them not padding \(([0-9.]+)% padding\)", _log(straight))
     assert padding and float(padding.group(1)) < 5.0, _log(straight)[-1500:]
+    # model FLOP/s of the real tokens only: at every step, FLOP/s per device over tokens/s
+    # (the same seconds) is the FLOPs of a token times the real share of the steps so far
+    rows = [r for r in report.read_metrics(straight) if r["split"] == "train"]
+    per_token = flops.flops_per_token(ml_collections.ConfigDict(rundir.saved_config(straight)))
+    real, positions = 0.0, 16 * 64
+    for r in rows:
+        real += r["real_tokens"]
+        assert "mfu" in r and r["mfu"] is None  # null in metrics.jsonl on a CPU
+        assert r["model_flops_per_s_per_device"] > 0
+        assert r["model_flops_per_s_per_device"] / r["tokens_per_s"] == pytest.approx(
+            per_token * real / (positions * r["step"]) / 8, rel=1e-9)
+    assert real < positions * len(rows)  # some padding, so the check can tell real from all
+    assert re.search(r"model FLOP/s per device +[0-9.]+ [kMGT]?FLOP/s \(real tokens\), MFU n/a: "
+                     r"no datasheet peak for cpu\n", _log(straight)), _log(straight)[-1500:]
 
 
 @pytest.mark.slow
@@ -340,7 +357,7 @@ def test_finished_run_reports_its_last_metrics_without_compiling(tmp_path, monke
     workdir = str(tmp_path / "run")
     first = loop.run(c, workdir)
     log = (tmp_path / "run" / "metrics.jsonl").read_text()
-    capsys.readouterr()
+    printed = capsys.readouterr().out
 
     def no_compile(*args, **kwargs):
         raise AssertionError("a finished run compiled its train step")
@@ -352,3 +369,10 @@ def test_finished_run_reports_its_last_metrics_without_compiling(tmp_path, monke
     assert "4 / 4 (finished earlier" in out
     assert f"{first['eval']['mlm_accuracy']:.4f}" in out
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == log  # nothing appended
+    # model FLOP/s and MFU: the run's own, and again from its last logged step
+    assert first["model_flops_per_s_per_device"] > 0 and first["mfu"] is None
+    assert "MFU n/a: no datasheet peak for cpu" in printed
+    assert again["model_flops_per_s_per_device"] == first["train"][
+        "model_flops_per_s_per_device"] > 0 and again["mfu"] is None
+    assert re.search(r"model FLOP/s per device +[0-9.]+ [kMGT]?FLOP/s \(real tokens\), MFU n/a: "
+                     r"no datasheet peak for the run's devices", out), out

@@ -204,7 +204,8 @@ def run(config: Any, steps: int, warmup: int, compare: bool = False,
     # On accelerators each device brings its own peak.
     matmul_one = matmul.flops_per_step / matmul.median_s
     matmul_rate = matmul_one * (1 if backend == "cpu" else n_dev)
-    table = flops_lib.table_peak_flops(device.device_kind) if backend != "cpu" else None
+    # a device's peak: a TPU7x chip is two devices
+    table = flops_lib.device_peak_flops(jax.devices()) if backend != "cpu" else None
     peak = table * n_dev if table else matmul_rate
     reference = (f"{device.device_kind} bf16 datasheet peak {table / 1e12:.0f} TFLOP/s x {n_dev}"
                  if table else f"measured {matmul.note}" + (f" x {n_dev}" if n_dev > 1 and
