@@ -107,7 +107,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.embedding_lr = 0.0
 
     c.global_batch_size = 64
+    # 0: from the device count, so each batch-parallel device runs micro_batch_per_device rows
+    # a micro-batch (``resolve_for_devices``); > 0: exactly this many micro-batches a step
     c.accum_steps = 1
+    c.micro_batch_per_device = 0
     # When accumulated gradients cross devices: "step" sums micro-batches on each device and
     # reduces once a step; "micro_batch" reduces every micro-batch (FSDP's memory). train.accumulate
     c.accum_reduce = "step"
@@ -133,7 +136,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.init_from = ""  # a bertjax workdir or checkpoint step dir: parameters only
     c.eval_every = 200
-    c.eval_batch_size = 64
+    c.eval_batch_size = 0  # 0: 64 rounded up to a multiple of the batch-parallel devices
     c.checkpoint_every = 200
     c.keep_checkpoints = 3
     c.keep_period = 0  # also keep every step divisible by this (0: none)
@@ -162,7 +165,8 @@ def two_phase_config(preset: str, arg: str | None) -> ml_collections.ConfigDict:
     Phase 1: sequences of 128 with 20 predictions, global batch 65,536, lr 6e-3, 7,038 steps;
     phase 2: 512 with 80 predictions, batch 32,768, lr 4e-3, 1,563 steps, initialised from a
     phase-1 workdir (--config.init_from=...). Polynomial decay with power 0.5, bf16 compute,
-    64 accumulated micro-batches. ``runlocal`` makes a 3-step float32 smoke run.
+    micro-batches sized for the devices (``resolve_for_devices``), dropout bits from XLA's
+    RngBitGenerator. ``runlocal`` makes a 3-step float32 smoke run.
     """
     args = parse_arg(arg, phase=1, runlocal=False)
     c = base_config()
@@ -180,7 +184,14 @@ def two_phase_config(preset: str, arg: str | None) -> ml_collections.ConfigDict:
         raise ConfigError(f"phase={args.phase}; expected 1 or 2 "
                           f"(e.g. configs/bert_{preset}.py:phase=2)")
     c.optim.power = 0.5
-    c.accum_steps = 64
+    # Micro-batches from the device count: each batch-parallel device computes this many rows
+    # a micro-batch whatever the slice (bench/results/plan-2026-12-08: the rows per device that
+    # fit a 16 GiB v5e and run fastest by the compiler's estimate; `bertjax plan` searches them)
+    c.accum_steps = 0
+    c.micro_batch_per_device = 64 if args.phase == 1 else 16
+    # XLA's RngBitGenerator for dropout: threefry's integer rounds were a fifth of the step's
+    # cycles on TPU (bench/results/plan-2026-12-08)
+    c.rng_impl = "rbg"
     if args.runlocal:
         c.model.dtype = "float32"
         c.global_batch_size, c.accum_steps, c.total_steps = 8, 1, 3
@@ -224,6 +235,57 @@ def check_rng_impl(config: ml_collections.ConfigDict) -> None:
            f"config.rng_impl={config.rng_impl!r}; expected one of {RNG_IMPLS}")
 
 
+EVAL_ROWS = 64  # eval_batch_size=0: at least this many rows, a multiple of the devices
+
+
+def batch_split(config: ml_collections.ConfigDict, shape: tuple[int, int, int]) -> int:
+    """How many ways the act_batch rule splits the batch on a mesh of ``shape``."""
+    axes = dict(config.sharding.rules).get("act_batch") or ()
+    axes = (axes,) if isinstance(axes, str) else tuple(axes)
+    return math.prod(dict(zip(sharding.MESH_AXES, shape))[a] for a in axes)
+
+
+def resolve_for_devices(config: ml_collections.ConfigDict, num_devices: int,
+                        num_processes: int = 1) -> None:
+    """Fills in place what a config leaves to the device count.
+
+    * ``accum_steps=0``: the fewest micro-batches that keep each batch-parallel device at
+      ``micro_batch_per_device`` rows or fewer, and that divide the global batch over those
+      devices (so a preset runs the rows per device its plan found best on 8 GPUs and on 256
+      chips alike);
+    * ``eval_batch_size=0``: ``EVAL_ROWS`` rounded up to a multiple of the batch-parallel
+      devices and the processes.
+
+    Raises:
+      ConfigError: accum_steps=0 without micro_batch_per_device, or a global batch that
+        cannot be split over the devices.
+    """
+    try:
+        shape = sharding.mesh_shape(config.mesh.data, config.mesh.fsdp, config.mesh.tensor,
+                                    num_devices)
+    except sharding.MeshError as e:
+        raise ConfigError(str(e)) from None
+    split = batch_split(config, shape)
+    if config.accum_steps == 0:
+        per_device = config.micro_batch_per_device
+        _check(per_device >= 1,
+               f"config.accum_steps=0 (from the device count) needs config.micro_batch_per_device"
+               f" >= 1, got {per_device}; set one of them")
+        need = math.lcm(split, num_processes)
+        _check(config.global_batch_size % need == 0 and config.global_batch_size > 0,
+               f"config.global_batch_size={config.global_batch_size} is not divisible by the "
+               f"batch-parallel devices ({split}) and processes ({num_processes}); use a "
+               f"multiple of {need}")
+        rows = config.global_batch_size // split  # per device per step
+        k = max(1, -(-rows // per_device))
+        while rows % k:
+            k += 1
+        config.accum_steps = k
+    if config.eval_batch_size == 0:
+        need = math.lcm(split, num_processes)
+        config.eval_batch_size = -(-EVAL_ROWS // need) * need
+
+
 def check_mesh(config: ml_collections.ConfigDict, mcfg: model_lib.BertConfig, num_devices: int,
                num_processes: int, accum_steps: int = 1) -> tuple[int, int, int]:
     """The mesh shape for ``config.mesh`` on ``num_devices``, with the model and batches
@@ -252,10 +314,7 @@ def check_mesh(config: ml_collections.ConfigDict, mcfg: model_lib.BertConfig, nu
            f"config.max_seq_length={config.max_seq_length}; expected at least 8")
     _check(config.global_batch_size >= 1,
            f"config.global_batch_size={config.global_batch_size}; expected >= 1")
-    rules = dict(config.sharding.rules)
-    batch_axes = rules.get("act_batch") or ()
-    batch_axes = (batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes)
-    split = math.prod(dict(zip(sharding.MESH_AXES, shape))[a] for a in batch_axes)
+    split = batch_split(config, shape)
     need = math.lcm(split * accum_steps, num_processes)
     hosts = f" and the processes ({num_processes})" if num_processes > 1 else ""
     _check(config.global_batch_size % need == 0,
@@ -269,13 +328,17 @@ def check_mesh(config: ml_collections.ConfigDict, mcfg: model_lib.BertConfig, nu
     return shape
 
 
-def validate(config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, int, int]:
+def validate(config: ml_collections.ConfigDict, num_devices: int,
+             num_processes: int = 1) -> tuple[int, int, int]:
     """Checks a run config against itself and the devices; returns the resolved mesh shape.
+    What the config leaves to the device count is filled in first (``resolve_for_devices``).
 
     Raises:
       ConfigError: with one line naming the value, what was expected and how to fix it.
     """
-    _check(config.accum_steps >= 1, f"config.accum_steps={config.accum_steps}; expected >= 1")
+    _check(config.accum_steps >= 0, f"config.accum_steps={config.accum_steps}; expected >= 1 "
+           "(or 0: from the device count and config.micro_batch_per_device)")
+    resolve_for_devices(config, num_devices, num_processes)
     _check(config.get("accum_reduce", "step") in ("step", "micro_batch"),
            f"config.accum_reduce={config.get('accum_reduce')!r}; expected 'step' (one gradient "
            "reduction a step) or 'micro_batch' (one per micro-batch, FSDP's memory)")
@@ -349,7 +412,10 @@ MEANINGS = {
     "optim.embedding_lr": "> 0: embedding tables take Adam at this peak rate, outside LAMB's "
                           "trust ratio; 0: like every other weight",
     "global_batch_size": "sequences per optimizer step, over all hosts and micro-batches",
-    "accum_steps": "micro-batches accumulated per step (memory, not the batch, shrinks)",
+    "accum_steps": "micro-batches accumulated per step (memory, not the batch, shrinks); "
+                   "0: from the device count and micro_batch_per_device",
+    "micro_batch_per_device": "with accum_steps=0: rows each batch-parallel device computes "
+                              "a micro-batch (accum_steps follows from the device count)",
     "accum_reduce": "step: gradients summed on each device, reduced once a step (parameters "
                     "gathered once); micro_batch: reduced every micro-batch (FSDP's memory)",
     "max_seq_length": "tokens per row, [CLS]/[SEP] included",
@@ -371,7 +437,8 @@ MEANINGS = {
     "init_from": "start the weights from a bertjax workdir, a step dir or an import "
                  "(parameters only)",
     "eval_every": "steps between held-out evaluations",
-    "eval_batch_size": "sequences per evaluation batch",
+    "eval_batch_size": "sequences per evaluation batch; 0: 64 rounded up to a multiple of the "
+                       "batch-parallel devices and processes",
     "checkpoint_every": "steps between checkpoints",
     "keep_checkpoints": "latest checkpoints kept",
     "keep_period": "also keep every step divisible by this; 0: none",

@@ -290,7 +290,7 @@ def run(config: Any, workdir: str, allow_config_change: bool = False) -> dict[st
     """Pre-trains (or resumes) per ``config`` in ``workdir``; returns the final summary."""
     # 1. check
     source = follow_init_from(config) if config.init_from else None
-    shape = config_lib.validate(config, jax.device_count())
+    shape = config_lib.validate(config, jax.device_count(), multihost.process_count())
     problem = None
     try:
         inputs.check(config)

@@ -41,7 +41,38 @@ def test_two_phase_recipe():
         _load(f"{ROOT}/configs/bert_large.py", "phaze=2")
 
 
+@pytest.mark.parametrize("name", ["bert_base", "bert_large"])
+@pytest.mark.parametrize("phase", [1, 2])
+@pytest.mark.parametrize("devices, processes", [(8, 1), (16, 2), (64, 16), (256, 64),
+                                                (1024, 256)])
+def test_two_phase_presets_size_micro_batches_for_the_devices(name, phase, devices, processes):
+    """accum_steps=0: each batch-parallel device runs at most micro_batch_per_device rows a
+    micro-batch, as few micro-batches as that allows; the eval batch divides over the
+    devices and processes; the result validates."""
+    c = _load(f"{ROOT}/configs/{name}.py", f"phase={phase}")
+    assert c.accum_steps == 0 and c.micro_batch_per_device > 0 and c.eval_batch_size == 0
+    per_device = c.micro_batch_per_device
+    config_lib.validate(c, devices, processes)
+    rows = c.global_batch_size // devices  # a step's rows on each device (data axis only)
+    micro = rows // c.accum_steps
+    assert micro * c.accum_steps == rows and micro <= per_device
+    # fewest micro-batches: one less would put more than per_device rows on a device
+    assert c.accum_steps == 1 or rows / (c.accum_steps - 1) > per_device
+    assert c.eval_batch_size >= config_lib.EVAL_ROWS
+    assert c.eval_batch_size % devices == 0 and c.eval_batch_size % processes == 0
+
+
+def test_accum_steps_set_by_hand_is_kept():
+    c = _load(f"{ROOT}/configs/bert_base.py")
+    c.accum_steps, c.eval_batch_size = 32, 512
+    config_lib.validate(c, 256)
+    assert (c.accum_steps, c.eval_batch_size) == (32, 512)
+
+
 @pytest.mark.parametrize("overrides, devices, message", [
+    ({"accum_steps": 0}, 8, "config.accum_steps=0 (from the device count) needs "
+                            "config.micro_batch_per_device >= 1"),
+    ({"accum_steps": -1}, 8, "config.accum_steps=-1; expected >= 1"),
     ({"mesh.tensor": 4, "mesh.data": 2}, 8, "heads=2 (tiny) are not divisible by config.mesh.tensor=4"),
     ({"global_batch_size": 12}, 8, "global_batch_size=12 is not divisible"),
     ({"global_batch_size": 16, "accum_steps": 4}, 8, "× config.accum_steps (4) = 32"),

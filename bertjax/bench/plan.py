@@ -223,6 +223,11 @@ class Compiled:
         return self.oom is None and (capacity is None or total is None or total <= capacity)
 
 
+def _hosts(devices: list) -> int:
+    """How many processes (hosts) the devices belong to."""
+    return len({d.process_index for d in devices})
+
+
 def batch_like(config: Any) -> dict[str, jax.ShapeDtypeStruct]:
     """The global batch's shapes and dtypes: the pre-training input pipeline's layout
     (synthetic.batch has the same keys, shapes and dtypes as the TF pipeline)."""
@@ -249,7 +254,7 @@ def compile_step(config: Any, devices: list) -> Compiled:
     Raises:
       ConfigError: the config does not fit the devices (mesh, batch divisibility, ...).
     """
-    shape = config_lib.validate(config, len(devices))
+    shape = config_lib.validate(config, len(devices), _hosts(devices))
     mesh = sharding.make_mesh(*shape, devices=devices)
     state, fns = train.build(config, mesh, abstract=True)
     like = batch_like(config)
@@ -355,13 +360,18 @@ def search_knobs(config: Any, tgt: Target, first: Compiled, max_tries: int = 8) 
 
 # --------------------------------------------------------------------------- time
 
+# custom-calls the TPU compiler's cost analysis counts at -1 s each (``estimate_seconds``)
+NEGATIVE_CUSTOM_CALLS = ("ConcatBitcast", "X64Combine")
+
+
 def estimate_seconds(compiled: Any) -> dict[str, Any]:
     """What the TPU compiler's cost analysis says of one step, made usable.
 
     ``optimal_seconds`` (XLA's sum of per-op best-case times) comes back negative with libtpu
-    0.0.42: every ``ConcatBitcast`` custom-call in the compiled program is costed at -1 s (the
-    raw figure is, on every compile seen here, a small positive time minus exactly their
-    count), so their count is added back. XLA's cost analysis counts a loop body once, not
+    0.0.42: every ``ConcatBitcast`` and ``X64Combine`` custom-call in the compiled program is
+    costed at -1 s (the raw figure is, on every compile seen here, a small positive time minus
+    exactly their count; X64Combine comes with ``rng_impl="rbg"``), so their count is added
+    back. XLA's cost analysis counts a loop body once, not
     once per trip, so a step with loops (accum_steps > 1, model.scan_layers) is undercounted;
     ``loops`` says so and the caller must not read it as a step time.
 
@@ -379,7 +389,7 @@ def estimate_seconds(compiled: Any) -> dict[str, Any]:
         return {"raw": None, "custom_calls": 0, "seconds": None, "flops": None, "bytes": None,
                 "loops": [], "cycles": None}
     text = compiled.as_text()
-    n = text.count('custom_call_target="ConcatBitcast"')
+    n = sum(text.count(f'custom_call_target="{t}"') for t in NEGATIVE_CUSTOM_CALLS)
     seconds = float(cost["optimal_seconds"]) + n
     seconds = seconds if seconds > 0 else None
     return {"raw": float(cost["optimal_seconds"]), "custom_calls": n, "seconds": seconds,
@@ -392,7 +402,7 @@ def update_seconds(config: Any, tgt: Target) -> float | None:
     state's shardings, gradients shaped and sharded like the parameters): what a step does
     once however many micro-batches it accumulates."""
     import jax.numpy as jnp
-    shape = config_lib.validate(config, len(tgt.devices))
+    shape = config_lib.validate(config, len(tgt.devices), tgt.hosts)
     mesh = sharding.make_mesh(*shape, devices=tgt.devices)
     state, fns = train.build(config, mesh, abstract=True)
     repl = sharding.replicated(mesh)
@@ -738,7 +748,7 @@ def format_plan(plan: Plan, config_name: str = "") -> str:
         lines.append(f"compiler's time estimate: unusable (optimal_seconds {tm['raw']:.4g})")
     else:
         head = (f"compiler's time estimate: {tm['seconds'] * 1e3:.2f} ms (optimal_seconds "
-                f"{tm['raw']:.4g} + {tm['custom_calls']} ConcatBitcast custom-calls costed "
+                f"{tm['raw']:.4g} + {tm['custom_calls']} ConcatBitcast/X64Combine custom-calls costed "
                 "at -1 s each)")
         cy = tm.get("cycles")
         if tm["loops"]:
