@@ -34,6 +34,12 @@ _ESTIMATE = flags.DEFINE_bool("estimate", False, "For a step with loops (accum_s
                               "scan_layers), also time it from loop-free 1- and 2-layer "
                               "compiles and the optimizer update alone: a second estimate "
                               "beside the cycles one (TPU only; three more compiles).")
+_SPEED = flags.DEFINE_bool("speed", False, "Also search for speed: compile the step with the "
+                           "rows per device a micro-batch, the dropout RNG, the data/fsdp "
+                           "split, remat and the attention implementation changed, and print "
+                           "the fastest that fit by the compiler's step time, with the "
+                           "--config overrides that give them (TPU only; at most --max_tries "
+                           "compiles).")
 _ROW = flags.DEFINE_bool("row", False, "Also print the plan as one markdown table row "
                          "(docs/plan.md).")
 
@@ -53,6 +59,10 @@ def main(argv):
         target = plan_lib.target(topology)
         if _MAX_TRIES.value < 0:
             raise plan_lib.PlanError(f"--max_tries={_MAX_TRIES.value}; expected >= 0")
+        if _SPEED.value and target.platform != "tpu":
+            raise plan_lib.PlanError(f"--speed on --topology={topology}: only the TPU compiler "
+                                     "estimates a step's time; name a TPU slice such as "
+                                     "v5e:16x16")
         try:
             plan = plan_lib.make_plan(config, target, _SEARCH.value, _MAX_TRIES.value,
                                       estimate=_ESTIMATE.value)
@@ -61,6 +71,10 @@ def main(argv):
                                          "devices)") from None
     name = " ".join(a for a in sys.argv[1:] if a.startswith("--config"))  # as given
     print(plan_lib.format_plan(plan, name), flush=True)
+    if _SPEED.value:
+        from bertjax.bench import search
+        found = search.search_speed(plan.first.config, target, _MAX_TRIES.value, plan.first)
+        print(search.format_search(found), flush=True)
     if _ROW.value:
         print(plan_lib.markdown_row(plan, name), flush=True)
     raise SystemExit(0 if plan.fits else 1)

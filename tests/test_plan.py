@@ -206,6 +206,7 @@ ENTRY %main () -> f32[8] {
     (["--topology=v5e-16"], "expected GENERATION:SHAPE"),
     (["--topology=cpu:0"], "expected cpu or cpu:N with N >= 1"),
     (["--topology=cpu", "--config.mesh.tensor=3"], "not divisible by the fixed axes' product 3"),
+    (["--topology=cpu", "--speed"], "--speed on --topology=cpu: only the TPU compiler estimates"),
 ])
 def test_bad_inputs_are_one_line(args, message):
     r = commands.run("plan", *args, timeout=120)
@@ -216,3 +217,30 @@ def test_without_libtpu_a_tpu_topology_says_how_to_install_it(monkeypatch):
     monkeypatch.setattr(plan_lib, "tpu_available", lambda: False)
     with pytest.raises(plan_lib.PlanError, match=r"needs libtpu .*bertjax\[tpu\]"):
         plan_lib.target("v5e:2x2")
+
+
+@pytest.mark.slow
+@needs_libtpu
+def test_speed_search_finds_fewer_larger_micro_batches_faster_and_prints_their_overrides():
+    """--speed: from 2 rows a device a micro-batch (accum 4), the compiler's step time falls
+    as the rows grow, so the search keeps doubling them; every candidate is a real compile
+    that fits, and the fastest is printed with the overrides that give it."""
+    from bertjax.bench import search
+    tgt = plan_lib.target("v5e:2x4")
+    c = _small()
+    c.global_batch_size, c.accum_steps, c.model.dtype = 64, 4, "bfloat16"
+    given = plan_lib.compile_step(c, tgt.devices)
+    found = search.search_speed(c, tgt, max_compiles=6, given=given)
+    first, best = found.candidates[0], found.best
+    assert first.overrides == {} and first.seconds > 0
+    assert best is not None and best.seconds < first.seconds
+    assert best.overrides.get("accum_steps") == 0
+    assert best.overrides["micro_batch_per_device"] >= 4  # 2 rows were the config's
+    tried = [cand.overrides for cand in found.candidates]
+    assert {"rng_impl": "rbg"}.items() <= {k: v for o in tried for k, v in o.items()}.items()
+    assert all(cand.result is not None for cand in found.candidates)
+    text = search.format_search(found)
+    print(text)
+    assert text.startswith(f"speed search: {len(found.candidates) - 1} compiles in")
+    assert f"fastest: {best.flags()}" in text and "--config.micro_batch_per_device=" in text
+

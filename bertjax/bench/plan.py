@@ -397,6 +397,16 @@ def estimate_seconds(compiled: Any) -> dict[str, Any]:
             "loops": loop_trips(text), "cycles": cycle_profile(text, seconds)}
 
 
+def step_seconds(compiled: Any) -> float | None:
+    """The compiler's time for one step of a compiled program: ``optimal_seconds`` (corrected)
+    when it has no loops, else its trip-weighted cycles (``cycle_profile``); None where the
+    backend gives no estimate (CPU, GPU)."""
+    est = estimate_seconds(compiled)
+    if est["seconds"] and not est["loops"]:
+        return est["seconds"]
+    return est["cycles"]["seconds"] if est["cycles"] else None
+
+
 def update_seconds(config: Any, tgt: Target) -> float | None:
     """The compiler's estimate for the optimizer update alone (``train.apply_gradients`` on the
     state's shardings, gradients shaped and sharded like the parameters): what a step does
