@@ -84,6 +84,13 @@ def test_micro_step_estimate_extrapolated_from_two_layers_matches_a_direct_compi
     assert looped["loops"] == [2] and looped["flops"] < 0.75 * 2 * est["flops"]
     # the looped program's own cycles, with the loop's trips, agree with the loop-free estimate
     assert looped["cycles"]["seconds"] == pytest.approx(micro["seconds"], rel=0.3)
+    # at the looped program's clock the loop-free compiles count the same kind of figure: the
+    # direct 4-layer compile's cycles at that clock, and the looped program's own step time
+    clock = looped["cycles"]["clock_hz"]
+    at_clock = plan_lib.micro_estimate(c, tgt, clock)
+    assert at_clock["clock_hz"] == clock and at_clock["per_layer"] > 0
+    assert at_clock["micro"] == pytest.approx(est["cycles"]["cycles"] / clock, rel=0.1)
+    assert at_clock["seconds"] == pytest.approx(looped["cycles"]["seconds"], rel=0.3)
 
 
 def test_cpu_plan_memory_equals_the_pretraining_loops(tmp_path, monkeypatch, capsys):

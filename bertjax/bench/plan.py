@@ -407,10 +407,21 @@ def step_seconds(compiled: Any) -> float | None:
     return est["cycles"]["seconds"] if est["cycles"] else None
 
 
-def update_seconds(config: Any, tgt: Target) -> float | None:
+def _compiled_seconds(compiled: Any, clock_hz: float | None) -> float | None:
+    """A loop-free program's time: its instructions' estimated cycles at ``clock_hz`` (the
+    clock of the step program, see ``micro_estimate``), or its corrected optimal_seconds when
+    no clock is given."""
+    est = estimate_seconds(compiled)
+    if clock_hz is None:
+        return est["seconds"]
+    cycles = (est["cycles"] or {}).get("cycles")
+    return cycles / clock_hz if cycles else None
+
+
+def update_seconds(config: Any, tgt: Target, clock_hz: float | None = None) -> float | None:
     """The compiler's estimate for the optimizer update alone (``train.apply_gradients`` on the
     state's shardings, gradients shaped and sharded like the parameters): what a step does
-    once however many micro-batches it accumulates."""
+    once however many micro-batches it accumulates (``clock_hz``: see ``_compiled_seconds``)."""
     import jax.numpy as jnp
     shape = config_lib.validate(config, len(tgt.devices), tgt.hosts)
     mesh = sharding.make_mesh(*shape, devices=tgt.devices)
@@ -422,10 +433,11 @@ def update_seconds(config: Any, tgt: Target) -> float | None:
                      out_shardings=(fns.state_shardings, repl), donate_argnums=(0,))
     with _quiet_stderr():
         compiled = update.lower(state, state.params, loss).compile()
-    return estimate_seconds(compiled)["seconds"]
+    return _compiled_seconds(compiled, clock_hz)
 
 
-def micro_estimate(config: Any, tgt: Target) -> dict[str, Any] | None:
+def micro_estimate(config: Any, tgt: Target,
+                   clock_hz: float | None = None) -> dict[str, Any] | None:
     """The compiler's estimate for a step with loops, from loop-free compiles.
 
     XLA costs a loop body once, so a step with accum_steps > 1 or scan_layers is not timed by
@@ -435,10 +447,17 @@ def micro_estimate(config: Any, tgt: Target) -> dict[str, Any] | None:
     (cheap, where N unrolled layers are not). The update alone (``update_seconds``) happens
     once a step, so a step of k micro-batches costs k * (micro - update) + update.
 
+    Each t is the compile's instructions' estimated cycles at ``clock_hz``, the clock the step
+    program's own estimate implies (``cycle_profile``), so both estimates count the same
+    cycles and differ only in what unrolled layers compile to. Without it, each compile's
+    corrected optimal_seconds, which tracks "bytes accessed": at tens of rows a device that
+    figure is several times the cycles' (bert_base, 64 rows a v5e chip: 49 GB, 60 ms at HBM
+    bandwidth, for a 2-layer program whose instructions add up to 13 ms).
+
     Returns:
       {"seconds" (the step), "micro" (one micro-step), "update", "per_layer", "micro_batch",
-      "counted" (flops and bytes of the 2-layer compile), "compile_s"}, or None when a
-      compile did not fit or gave no estimate.
+      "counted" (flops and bytes of the 2-layer compile), "compile_s", "clock_hz"}, or None
+      when a compile did not fit or gave no estimate.
     """
     layers = config_lib.model_config(config).num_layers
     k = config.accum_steps
@@ -451,18 +470,18 @@ def micro_estimate(config: Any, tgt: Target) -> dict[str, Any] | None:
         if result.compiled is None:
             return None
         est = estimate_seconds(result.compiled)
-        if est["seconds"] is None or est["loops"]:
+        seconds[n] = _compiled_seconds(result.compiled, clock_hz)
+        if seconds[n] is None or est["loops"]:
             return None
-        seconds[n] = est["seconds"]
     counted = {"flops": est["flops"], "bytes": est["bytes"]}
-    update = update_seconds(full, tgt)
+    update = update_seconds(full, tgt, clock_hz)
     if update is None:
         return None
     per_layer = seconds[2] - seconds[1]
     micro = seconds[1] + (layers - 1) * per_layer
     return {"seconds": k * (micro - update) + update, "micro": micro, "update": update,
             "per_layer": per_layer, "micro_batch": micro_batch, "counted": counted,
-            "compile_s": time.perf_counter() - t0}
+            "compile_s": time.perf_counter() - t0, "clock_hz": clock_hz}
 
 
 # --------------------------------------------------------------------------- collectives
@@ -559,7 +578,8 @@ def cycle_profile(hlo: str, seconds: float | None) -> dict[str, Any] | None:
     neither figure includes communication.
 
     Returns:
-      {"seconds", "clock_hz", "shares" {kind: fraction of cycles}, "collectives_costed"}, or
+      {"seconds", "clock_hz", "cycles" (trip-weighted), "shares" {kind: fraction of cycles},
+      "collectives_costed"}, or
       None when the program has no estimates (CPU, GPU) or ``seconds`` is unknown.
     """
     comps, entry = _computations(hlo)
@@ -596,7 +616,7 @@ def cycle_profile(hlo: str, seconds: float | None) -> dict[str, Any] | None:
     if not once or not seconds:
         return None
     clock = once / seconds
-    return {"seconds": weighted / clock, "clock_hz": clock,
+    return {"seconds": weighted / clock, "clock_hz": clock, "cycles": weighted,
             "shares": {k: v / weighted for k, v in sorted(shares.items(), key=lambda kv: -kv[1])},
             "collectives_costed": collectives_costed}
 
@@ -676,7 +696,8 @@ def make_plan(config: Any, tgt: Target, search: bool = True, max_tries: int = 8,
     colls = collectives(first.compiled.as_text()) if first.compiled is not None else []
     micro = None  # a cross-check of cycle_profile's step time; costs three compiles
     if estimate and time_.get("seconds") and time_["loops"]:
-        micro = micro_estimate(config, tgt)
+        clock = (time_.get("cycles") or {}).get("clock_hz")
+        micro = micro_estimate(config, tgt, clock)
     return Plan(tgt, first, trials, flops_lib.pretraining_flops(config), time_, colls, micro)
 
 
@@ -773,8 +794,10 @@ def format_plan(plan: Plan, config_name: str = "") -> str:
             mi = plan.micro
             if mi:
                 lines.append(
-                    f"  from loop-free compiles: one micro-batch of {mi['micro_batch']} with "
-                    f"the update {mi['micro'] * 1e3:.2f} ms ({mi['per_layer'] * 1e3:.2f} ms a "
+                    f"  from loop-free compiles"
+                    + (f" (their cycles at {mi['clock_hz'] / 1e9:.2f} GHz)" if mi.get("clock_hz")
+                       else "")
+                    + f": one micro-batch of {mi['micro_batch']} with the update {mi['micro'] * 1e3:.2f} ms ({mi['per_layer'] * 1e3:.2f} ms a "
                     f"layer, from 1- and 2-layer compiles), the optimizer update alone "
                     f"{mi['update'] * 1e3:.2f} ms; a step of {first.config.accum_steps}: "
                     f"{mi['seconds']:.3f} s"
