@@ -701,15 +701,18 @@ def make_plan(config: Any, tgt: Target, search: bool = True, max_tries: int = 8,
     return Plan(tgt, first, trials, flops_lib.pretraining_flops(config), time_, colls, micro)
 
 
-def _gib(x: float | None) -> str:
+def gib(x: float | None) -> str:
+    """Bytes as GiB with two decimals ("?" when unknown): the plan's and the search's tables."""
     return "?" if x is None else f"{x / GIB:.2f}"
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """A step time in ms below a second, else in s."""
     return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
-def _si(x: float) -> str:
+def si(x: float) -> str:
+    """A number with an SI prefix and a trailing space for the unit ("19.91 G")."""
     for unit, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(x) >= scale:
             return f"{x / scale:.2f} {unit}"
@@ -722,13 +725,13 @@ def verdict(plan: Plan) -> str:
     if first.fits(cap):
         if cap is None:
             return "verdict: compiled; no memory capacity known for this device to compare with"
-        return f"verdict: fits with {_gib(cap - first.total_bytes())} GiB spare per device"
+        return f"verdict: fits with {gib(cap - first.total_bytes())} GiB spare per device"
     need = first.total_bytes()
-    over = (f"needs {_gib(need)} GiB of {_gib(cap)}" if need is not None and cap else
+    over = (f"needs {gib(need)} GiB of {gib(cap)}" if need is not None and cap else
             "the compiler refused it")
     fixes = [f"--config.{t.knob}={t.value}" + (" --config.mesh.data=-1"
                                               if t.knob == "mesh.fsdp" else "")
-             + f" ({_gib(t.result.total_bytes())} GiB)"
+             + f" ({gib(t.result.total_bytes())} GiB)"
              for t in plan.trials if t.result is not None and t.result.fits(cap)]
     if fixes:
         return f"verdict: does not fit ({over}); fits with " + " or ".join(fixes)
@@ -749,14 +752,14 @@ def format_plan(plan: Plan, config_name: str = "") -> str:
              + (" (refused: out of memory)" if first.oom else ""),
              "memory per device (GiB):"]
     for name, b in (first.sizes or {}).items():
-        lines.append(f"  {name:<22}{_gib(b):>9}   (from the shardings)")
+        lines.append(f"  {name:<22}{gib(b):>9}   (from the shardings)")
     if first.memory is not None:
         m = first.memory
         for name, b in (("arguments", m["argument"]), ("outputs not aliased",
                                                        m["output"] - m["alias"]),
                         ("temporaries", m["temp"]), ("program", m["generated_code"])):
-            lines.append(f"  {name:<22}{_gib(b):>9}   (compiler)")
-    lines.append(f"  {'total':<22}{_gib(first.total_bytes()):>9}   of {_gib(t.capacity_bytes)} "
+            lines.append(f"  {name:<22}{gib(b):>9}   (compiler)")
+    lines.append(f"  {'total':<22}{gib(first.total_bytes()):>9}   of {gib(t.capacity_bytes)} "
                  f"({t.capacity_source})")
     if first.oom:
         lines.append(f"  compiler: {first.oom[:300]}")
@@ -767,10 +770,10 @@ def format_plan(plan: Plan, config_name: str = "") -> str:
         state = (tr.note if r is None else "fits" if r.fits(t.capacity_bytes) else
                  "does not fit")
         size = ("" if r is None else
-                f", {_gib(r.total_bytes())} GiB, compiled in {r.compile_s:.1f} s")
+                f", {gib(r.total_bytes())} GiB, compiled in {r.compile_s:.1f} s")
         lines.append(f"  tried {tr.knob}={tr.value}: {state}{size}")
     f = plan.model_flops
-    lines.append(f"model FLOPs per step: {_si(f['total'])}FLOP ({_si(f['total'] / len(t.devices))}"
+    lines.append(f"model FLOPs per step: {si(f['total'])}FLOP ({si(f['total'] / len(t.devices))}"
                  "FLOP per device)")
     tm = plan.time
     if tm.get("raw") is None:
@@ -817,7 +820,7 @@ def format_plan(plan: Plan, config_name: str = "") -> str:
                    else {})
         if t.peak_flops and t.hbm_bytes_per_s and counted.get("flops") and counted.get("bytes"):
             lines.append(f"  counted per device in {counted.get('what', 'the step')}: "
-                         f"{_si(counted['flops'])}FLOP, {_si(counted['bytes'])}B accessed: "
+                         f"{si(counted['flops'])}FLOP, {si(counted['bytes'])}B accessed: "
                          f"{counted['flops'] / t.peak_flops * 1e3:.2f} ms at peak FLOP/s, "
                          f"{counted['bytes'] / t.hbm_bytes_per_s * 1e3:.2f} ms at HBM "
                          "bandwidth")
@@ -826,7 +829,7 @@ def format_plan(plan: Plan, config_name: str = "") -> str:
             lines.append("collectives per step (bytes produced per device):")
             for c in plan.collectives:
                 lines.append(f"  {c['kind']:<20}{c['per_step']:>6} x ({c['ops']} in the "
-                             f"program)  {_si(c['bytes'])}B")
+                             f"program)  {si(c['bytes'])}B")
         else:
             lines.append("collectives: none")
     return "\n".join(lines)
@@ -845,7 +848,7 @@ def markdown_row(plan: Plan, config_name: str = "") -> str:
     sizes = first.sizes or {}
     state = sizes.get("parameters", 0) + sizes.get("optimizer state", 0)
     fit = ("yes" if plan.fits else "no") + (
-        f" ({_gib(t.capacity_bytes - first.total_bytes())} spare)" if plan.fits and
+        f" ({gib(t.capacity_bytes - first.total_bytes())} spare)" if plan.fits and
         t.capacity_bytes and first.total_bytes() is not None else "")
     if not plan.fits:
         fixes = [f"{tr.knob}={tr.value}" for tr in plan.trials
@@ -853,7 +856,7 @@ def markdown_row(plan: Plan, config_name: str = "") -> str:
         fit += f"; fits with {' or '.join(fixes)}" if fixes else ""
     def timed(secs: float) -> str:
         mfu = plan.mfu_at(secs)
-        return _duration(secs) + (f" (MFU {100 * mfu:.0f}%)" if mfu is not None else "")
+        return duration(secs) + (f" (MFU {100 * mfu:.0f}%)" if mfu is not None else "")
 
     tm, cy = plan.time, plan.time.get("cycles")
     parts = []
@@ -866,9 +869,9 @@ def markdown_row(plan: Plan, config_name: str = "") -> str:
     if cy:
         parts.append(", ".join(f"{k} {100 * v:.0f}%" for k, v in list(cy["shares"].items())[:2]))
     est = "; ".join(parts) or "—"
-    colls = ", ".join(f"{c['kind']} {c['per_step']}× {_si(c['bytes'])}B"
+    colls = ", ".join(f"{c['kind']} {c['per_step']}× {si(c['bytes'])}B"
                       for c in plan.collectives[:2]) or "none"
     label = config_name.replace("--config=configs/", "").replace("--config.", "")
     return (f"| `{label}` | {t.name} | {m['data']}×{m['fsdp']}×{m['tensor']}, "
-            f"{first.config.accum_steps} | {_gib(state)} / {_gib(first.total_bytes())} of "
-            f"{_gib(t.capacity_bytes)} | {fit} | {est} | {colls} | {first.compile_s:.0f} s |")
+            f"{first.config.accum_steps} | {gib(state)} / {gib(first.total_bytes())} of "
+            f"{gib(t.capacity_bytes)} | {fit} | {est} | {colls} | {first.compile_s:.0f} s |")

@@ -215,12 +215,12 @@ def format_search(result: SpeedSearch, top: int = 5) -> str:
              + "; fastest that fit, by the compiler's step time:",
              f"  {'step':>9} {'MFU':>6} {'GiB':>6} {'collectives':>12}  overrides"]
     for c in fitting[:top]:
-        lines.append(f"  {plan_lib._duration(c.seconds):>9} {_pct(c.mfu):>6} "
-                     f"{plan_lib._gib(c.result.total_bytes()):>6} "
-                     f"{plan_lib._si(c.collective_bytes) + 'B':>12}  {c.flags()}")
+        lines.append(f"  {plan_lib.duration(c.seconds):>9} {_pct(c.mfu):>6} "
+                     f"{plan_lib.gib(c.result.total_bytes()):>6} "
+                     f"{plan_lib.si(c.collective_bytes) + 'B':>12}  {c.flags()}")
     refused = [c for c in result.candidates if not c.fits(cap)]
     for c in refused:
-        why = c.note or (f"does not fit ({plan_lib._gib(c.result.total_bytes())} GiB)"
+        why = c.note or (f"does not fit ({plan_lib.gib(c.result.total_bytes())} GiB)"
                          if c.result is not None else "refused")
         lines.append(f"  {'':>9} {'':>6} {'':>6} {'':>12}  {c.flags()}: {why[:160]}")
     if result.best is not None:
