@@ -159,6 +159,12 @@ def preset_config(preset: str, arg: str | None, lr: float) -> ml_collections.Con
     return c
 
 
+# Rows per device a micro-batch of the two-phase presets, (phase 1, phase 2): the most that
+# fit a 16 GiB v5e chip (bench/results/plan-2026-12-08: BERT-large phase 1 needs 26.9 GiB at
+# 64 rows, 13.8 at 32); `bertjax plan --speed` finds what a larger chip affords.
+TWO_PHASE_ROWS_PER_DEVICE = {"base": (64, 16), "large": (32, 8)}
+
+
 def two_phase_config(preset: str, arg: str | None) -> ml_collections.ConfigDict:
     """BERT's two-phase large-batch LAMB recipe (You et al., 2019) for base and large.
 
@@ -188,7 +194,7 @@ def two_phase_config(preset: str, arg: str | None) -> ml_collections.ConfigDict:
     # a micro-batch whatever the slice (bench/results/plan-2026-12-08: the rows per device that
     # fit a 16 GiB v5e and run fastest by the compiler's estimate; `bertjax plan` searches them)
     c.accum_steps = 0
-    c.micro_batch_per_device = 64 if args.phase == 1 else 16
+    c.micro_batch_per_device = TWO_PHASE_ROWS_PER_DEVICE[preset][args.phase - 1]
     # XLA's RngBitGenerator for dropout: threefry's integer rounds were a fifth of the step's
     # cycles on TPU (bench/results/plan-2026-12-08)
     c.rng_impl = "rbg"
