@@ -160,9 +160,11 @@ def preset_config(preset: str, arg: str | None, lr: float) -> ml_collections.Con
 
 
 # Rows per device a micro-batch of the two-phase presets, (phase 1, phase 2): the most that
-# fit a 16 GiB v5e chip (bench/results/plan-2026-12-08: BERT-large phase 1 needs 26.9 GiB at
-# 64 rows, 13.8 at 32); `bertjax plan --speed` finds what a larger chip affords.
-TWO_PHASE_ROWS_PER_DEVICE = {"base": (64, 16), "large": (32, 8)}
+# fit a 16 GiB v5e chip by the plan (bench/results/plan-2026-12-08: BERT-large phase 1 needs
+# 26.9 GiB at 64 rows, 17.7 at 32, 13.8 at 16; phase 2 at 4 rows: 15.72 of 15.75, so on v5e
+# add --config.model.remat=dots if the runtime wants more); `bertjax plan --speed` finds what a
+# larger chip affords (v5p: 64 rows for large phase 1).
+TWO_PHASE_ROWS_PER_DEVICE = {"base": (64, 16), "large": (16, 4)}
 
 
 def two_phase_config(preset: str, arg: str | None) -> ml_collections.ConfigDict:
